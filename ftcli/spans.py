@@ -1,0 +1,43 @@
+"""Character spans -> token positions (question and answer regions of the flow)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def span_to_token_mask(
+    offsets: Sequence[tuple[int, int]], span: tuple[int, int] | None, length: int | None = None
+) -> torch.Tensor:
+    """Bool mask `[T]` of the tokens whose characters overlap `span = (start, end)`.
+
+    A token overlaps when `tok_start < end and tok_end > start`, so a span that starts or
+    ends inside a token includes that token. Zero-width tokens (special tokens, padding,
+    offsets (0, 0)) never overlap. `span=None` gives an all-False mask.
+    """
+    T = len(offsets) if length is None else length
+    mask = torch.zeros(T, dtype=torch.bool)  # [T]
+    if span is None:
+        return mask
+    start, end = span
+    if end <= start:
+        return mask
+    for t, (a, b) in enumerate(offsets[:T]):
+        if b > a and a < end and b > start:
+            mask[t] = True
+    return mask
+
+
+def find_question_span(prompt_text: str, question: str) -> tuple[int, int] | None:
+    """Character span of the question text inside a chat-formatted prompt (last match).
+
+    The question region excludes the system prompt and chat-template tokens (SPEC: Q).
+    Falls back to the stripped question if the exact text is not found.
+    """
+    for q in (question, question.strip()):
+        if q:
+            i = prompt_text.rfind(q)
+            if i >= 0:
+                return (i, i + len(q))
+    return None
