@@ -23,7 +23,7 @@ class _FriendlyGroup(TyperGroup):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, typer.Exit):
             raise
         except KeyboardInterrupt:
             typer.echo("Interrupted.", err=True)

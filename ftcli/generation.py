@@ -1,0 +1,444 @@
+"""Rollouts: the one generation backend shared by training (GRPO groups) and `ft eval`.
+
+    prompt_text = render_prompt(tok, task.prompt(sample), task.assistant_prefix(sample))
+    groups = generate(model, tok, [prompt_text], n=8, max_new_tokens=512, seed=step)
+    groups[0][3].response_ids      # list[int], EOS included when emitted, never padding
+
+Sampling is reproducible and independent of batching: every row (prompt i, sample j) draws
+from its own `torch.Generator`, seeded by `(seed, prompt text, occurrence of that text in the
+call, j)`. The same seed therefore gives the same samples on CPU whatever `batch_size` is or
+which other prompts share the call (up to the tiny float differences that a different amount
+of left padding can cause), and an interrupted eval that resumes redraws the same samples.
+Mechanism: HF `model.generate` runs greedy (`do_sample=False`, KV cache, left padding) with a
+`_RowSampler` logits processor that applies temperature / top-k / top-p, draws the token with
+the row's generator and returns one-hot logits, so greedy "argmax" picks the drawn token.
+`temperature == 0` is plain greedy decoding.
+
+Backends: `HFBackend` (CPU/GPU, the reference) and `VLLMBackend` (GPU, optional; vLLM's own
+seeding, so samples differ from HF ones). `get_backend("hf" | "vllm")`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+ProgressFn = Callable[[int], None]
+
+
+class GenerationError(ValueError):
+    """Bad generation input or a missing backend (one-line message for the CLI)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompts
+# ---------------------------------------------------------------------------------------------
+def has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def render_prompt(tokenizer, messages: Sequence[dict] | str, assistant_prefix: str = "") -> str:
+    """Chat messages -> the prompt string the model continues.
+
+    With a chat template: `apply_chat_template(messages, add_generation_prompt=True)` followed
+    by `assistant_prefix` (text pre-filled at the start of the assistant turn; it belongs to
+    the prompt, not to the response). Without one (base models): a plain
+    `"{system}\\n\\nQuestion: {user}\\nAnswer: {assistant_prefix}"` layout.
+    A bare string is treated as one user message.
+    """
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    messages = list(messages)
+    if not messages:
+        raise GenerationError("render_prompt: empty message list")
+    if has_chat_template(tokenizer):
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return text + assistant_prefix
+    parts = []
+    for m in messages:
+        role, content = m["role"], m["content"]
+        if role == "system":
+            parts.append(f"{content}\n\n")
+        elif role == "user":
+            parts.append(f"Question: {content}\n")
+        else:  # an earlier assistant turn (few-shot)
+            parts.append(f"Answer: {content}\n\n")
+    return "".join(parts) + "Answer: " + assistant_prefix
+
+
+def encode_prompt(tokenizer, text: str) -> list[int]:
+    """Prompt text -> ids, the way `generate` does it (no padding).
+
+    A chat template already writes any BOS/special tokens itself, so special tokens are not
+    added (as in HF `apply_chat_template(tokenize=True)`); the plain fallback adds them.
+    """
+    add = not has_chat_template(tokenizer)
+    return list(tokenizer(text, add_special_tokens=add)["input_ids"])
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """EOS ids: the tokenizer's EOS plus the model's `generation_config.eos_token_id`(s)."""
+    ids: list[int] = []
+    cands: list[Any] = [getattr(tokenizer, "eos_token_id", None)]
+    gc = getattr(model, "generation_config", None)
+    if gc is not None:
+        cands.append(gc.eos_token_id)
+    for c in cands:
+        for i in c if isinstance(c, (list, tuple)) else [c]:
+            if i is not None and int(i) not in ids:
+                ids.append(int(i))
+    if not ids:
+        raise GenerationError("the tokenizer has no EOS token; cannot tell finished responses")
+    return ids
+
+
+# ---------------------------------------------------------------------------------------------
+# Rollouts and token offsets
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Rollout:
+    """One sampled response.
+
+    `response_offsets[t] = (start, end)`: characters of `response_text` produced by
+    `response_ids[t]`; special tokens (EOS) are zero-width `(len, len)`; the bytes of a
+    character split across tokens all map to that character's span.
+    """
+
+    prompt_text: str
+    response_text: str
+    prompt_ids: list[int]
+    response_ids: list[int]
+    finished: bool  # True: EOS emitted (last response id); False: cut at max_new_tokens
+    response_offsets: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def truncated(self) -> bool:
+        return not self.finished
+
+
+def _decode(tokenizer, ids: Sequence[int]) -> str:
+    return tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
+def token_offsets(tokenizer, ids: Sequence[int], text: str | None = None) -> list[tuple[int, int]]:
+    """Char span of each token of `ids` inside `text = decode(ids, skip_special_tokens=True)`.
+
+    Incremental detokenisation with a short look-back window (O(T)): the piece of token t is
+    `decode(ids[s:t+1])[len(decode(ids[s:t])):]` with `s = t - 6`. A token that ends inside a
+    multi-byte character (decodes to U+FFFD) waits for the token that completes it, and they
+    all get that character's span. If the pieces do not tile `text` exactly (an exotic
+    decoder), falls back to full-prefix decoding (O(T^2), exact).
+    """
+    ids = list(ids)
+    if text is None:
+        text = _decode(tokenizer, ids)
+    out = _offsets_window(tokenizer, ids, text)
+    return out if out is not None else _offsets_prefix(tokenizer, ids, text)
+
+
+def _offsets_window(tokenizer, ids, text, window: int = 6):
+    offsets: list[tuple[int, int]] = []
+    pos, pending = 0, 0  # pending: tokens waiting for a multi-byte character to complete
+    for t in range(len(ids)):
+        s = max(0, t - pending - window)
+        a = _decode(tokenizer, ids[s : t - pending])
+        b = _decode(tokenizer, ids[s : t + 1])
+        if b.endswith("\ufffd") and not text[pos:].startswith(b[len(a) :]):
+            pending += 1
+            continue
+        if not b.startswith(a):
+            return None
+        piece = b[len(a) :]
+        if text[pos : pos + len(piece)] != piece:
+            return None
+        offsets.extend([(pos, pos + len(piece))] * (pending + 1))
+        pos += len(piece)
+        pending = 0
+    if pending:
+        offsets.extend([(pos, len(text))] * pending)
+        pos = len(text)
+    return offsets if pos == len(text) else None
+
+
+def _offsets_prefix(tokenizer, ids, text):
+    offsets, prev, pend = [], 0, 0
+    for t in range(len(ids)):
+        d = _decode(tokenizer, ids[: t + 1])
+        if not text.startswith(d):  # ends inside a character
+            pend += 1
+            continue
+        offsets.extend([(prev, len(d))] * (pend + 1))
+        prev, pend = len(d), 0
+    offsets.extend([(prev, len(text))] * pend)
+    return offsets
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling
+# ---------------------------------------------------------------------------------------------
+def row_seed(seed: int, prompt: str, occurrence: int, sample: int) -> int:
+    """Seed of row (prompt, sample): blake2b of `(seed, prompt, occurrence, sample)`, 63 bits."""
+    h = hashlib.blake2b(digest_size=8)
+    h.update(f"{int(seed)}\x00{occurrence}\x00{sample}\x00".encode())
+    h.update(prompt.encode("utf-8", "surrogatepass"))
+    return int.from_bytes(h.digest(), "little") & ((1 << 63) - 1)
+
+
+def warp_logits(scores: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """Temperature, then top-k, then top-p (nucleus) filtering; filtered logits are -inf.
+
+    scores: [B, V] -> [B, V] float32. Top-p keeps the smallest prefix of tokens (by
+    probability, descending) whose mass reaches `top_p`; the most likely token is always kept.
+    """
+    x = scores.float() / max(float(temperature), 1e-8)  # [B, V]
+    V = x.shape[-1]
+    if top_k and 0 < top_k < V:
+        kth = torch.topk(x, top_k, dim=-1).values[..., -1:]  # [B, 1]
+        x = x.masked_fill(x < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_x, idx = torch.sort(x, dim=-1, descending=True)  # [B, V]
+        probs = sorted_x.softmax(-1)
+        before = probs.cumsum(-1) - probs  # mass strictly before each token
+        drop = before >= top_p
+        drop[..., 0] = False
+        x = x.scatter(-1, idx, sorted_x.masked_fill(drop, float("-inf")))
+    return x
+
+
+class _RowSampler:
+    """Logits processor: per-row seeded sampling, returned as one-hot logits for greedy.
+
+    Row b draws one uniform u_b from its own CPU generator per step; the token is the
+    inverse-CDF pick `min{i : cdf_b[i] > u_b * cdf_b[-1]}` over the warped distribution, done
+    for the whole batch at once on the model's device (one small CPU draw per row, no
+    per-row kernels).
+    """
+
+    def __init__(self, seeds: list[int], temperature: float, top_k: int, top_p: float):
+        self.gens = [torch.Generator().manual_seed(s) for s in seeds]
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        probs = warp_logits(scores, self.temperature, self.top_k, self.top_p).softmax(-1)  # [B, V]
+        u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in self.gens])  # [B]
+        cdf = probs.double().cumsum(-1)  # [B, V]
+        target = (u.to(cdf.device) * cdf[:, -1]).unsqueeze(-1)  # [B, 1]
+        picks = torch.searchsorted(cdf, target, right=True).clamp_(max=cdf.shape[-1] - 1)  # [B, 1]
+        out = torch.full_like(scores, float("-inf"))  # [B, V]
+        out.scatter_(-1, picks, 0.0)
+        return out
+
+
+def _model_device(model) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:  # pragma: no cover
+        return torch.device("cpu")
+
+
+def generate(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    *,
+    n: int = 1,
+    max_new_tokens: int = 256,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    seed: int = 0,
+    batch_size: int = 16,
+    progress: ProgressFn | None = None,
+) -> list[list[Rollout]]:
+    """Sample `n` responses per prompt with HF `model.generate` (KV cache, left padding).
+
+    Returns `out[i][j]`: sample j of prompt i. `temperature == 0` is greedy (all n samples
+    equal). `top_k == 0` and `top_p == 1` disable those filters. `progress(k)` is called with
+    the number of rollouts finished after each batch. Rows are batched by prompt length
+    (longest first) to limit padding; results come back in input order.
+    """
+    from transformers import GenerationConfig, LogitsProcessorList
+
+    if n < 1 or max_new_tokens < 1 or batch_size < 1:
+        raise GenerationError("n, max_new_tokens and batch_size must be >= 1")
+    if temperature < 0 or not (0.0 < top_p <= 1.0) or top_k < 0:
+        raise GenerationError("need temperature >= 0, 0 < top_p <= 1, top_k >= 0")
+    prompts = list(prompts)
+    if not prompts:
+        return []
+    device = _model_device(model)
+    stops = stop_token_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
+    if any(len(p) == 0 for p in prompt_ids):
+        raise GenerationError("empty prompt")
+
+    seen: dict[str, int] = {}
+    rows = []  # (prompt index, sample index, row seed)
+    for i, p in enumerate(prompts):
+        occ = seen.get(p, 0)
+        seen[p] = occ + 1
+        rows += [(i, j, row_seed(seed, p, occ, j)) for j in range(n)]
+    order = sorted(range(len(rows)), key=lambda r: -len(prompt_ids[rows[r][0]]))  # stable
+
+    gen_cfg = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,  # sampling happens in _RowSampler; greedy picks its one-hot choice
+        num_beams=1,
+        # HF's neutral defaults, set explicitly so a model's own sampling defaults never apply
+        temperature=1.0,
+        top_p=1.0,
+        top_k=50,
+        typical_p=1.0,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        min_length=0,
+        use_cache=True,
+        pad_token_id=pad_id,
+        eos_token_id=stops,
+    )
+    results: dict[tuple[int, int], Rollout] = {}
+    was_training = model.training
+    model.eval()
+    try:
+        for b0 in range(0, len(order), batch_size):
+            batch = [rows[r] for r in order[b0 : b0 + batch_size]]
+            ids = [prompt_ids[i] for i, _, _ in batch]
+            L = max(len(x) for x in ids)
+            input_ids = torch.full((len(batch), L), pad_id, dtype=torch.long)  # [B, L]
+            attn = torch.zeros((len(batch), L), dtype=torch.long)  # [B, L]
+            for b, x in enumerate(ids):  # left padding
+                input_ids[b, L - len(x) :] = torch.tensor(x, dtype=torch.long)
+                attn[b, L - len(x) :] = 1
+            procs = LogitsProcessorList()
+            if temperature > 0:
+                procs.append(_RowSampler([s for _, _, s in batch], temperature, top_k, top_p))
+            with torch.no_grad():
+                out = model.generate(
+                    input_ids=input_ids.to(device),
+                    attention_mask=attn.to(device),
+                    generation_config=gen_cfg,
+                    logits_processor=procs,
+                )  # [B, L + T], T <= max_new_tokens
+            new = out[:, L:].tolist()
+            for b, (i, j, _) in enumerate(batch):
+                resp, finished = new[b], False
+                for t, tok_id in enumerate(resp):
+                    if tok_id in stops:
+                        resp, finished = resp[: t + 1], True
+                        break
+                text = _decode(tokenizer, resp)
+                results[(i, j)] = Rollout(
+                    prompt_text=prompts[i],
+                    response_text=text,
+                    prompt_ids=list(prompt_ids[i]),
+                    response_ids=resp,
+                    finished=finished,
+                    response_offsets=token_offsets(tokenizer, resp, text),
+                )
+            if progress is not None:
+                progress(len(batch))
+    finally:
+        if was_training:
+            model.train()
+    return [[results[(i, j)] for j in range(n)] for i in range(len(prompts))]
+
+
+# ---------------------------------------------------------------------------------------------
+# Backends
+# ---------------------------------------------------------------------------------------------
+class Backend(Protocol):
+    """A rollout engine: same signature and return value as `generate`."""
+
+    name: str
+
+    def generate(self, model, tokenizer, prompts: Sequence[str], **kw) -> list[list[Rollout]]: ...
+
+
+class HFBackend:
+    """HF transformers `generate` (CPU or GPU); the reference backend."""
+
+    name = "hf"
+
+    def generate(self, model, tokenizer, prompts, **kw):
+        return generate(model, tokenizer, prompts, **kw)
+
+
+class VLLMBackend:
+    """vLLM (GPU only, optional: `pip install vllm`). Imported lazily; the engine is built on
+    the first `generate` from `model_path` (a local folder or hub id; vLLM loads its own
+    weights, so the HF `model` argument may be None).
+
+    Samples are seeded per request with the same key as HF rows, `row_seed(seed, prompt,
+    occurrence, j)`, but vLLM's sampler differs, so samples are not identical to HF ones.
+    Untested in CI (no vLLM on CPU machines).
+    """
+
+    name = "vllm"
+
+    def __init__(self, model_path: str | None = None, **llm_kwargs):
+        try:
+            import vllm  # noqa: F401
+        except ImportError:
+            raise GenerationError(
+                "the vllm backend needs vLLM on a GPU machine (pip install vllm); use --backend hf"
+            ) from None
+        self.model_path, self.llm_kwargs, self._llm = model_path, llm_kwargs, None
+
+    def _engine(self, model):
+        from vllm import LLM
+
+        if self._llm is None:
+            path = self.model_path or getattr(model, "name_or_path", None)
+            if not path:
+                raise GenerationError("the vllm backend needs model_path (a model folder or hub id)")
+            self._llm = LLM(model=str(path), **self.llm_kwargs)
+        return self._llm
+
+    def generate(self, model, tokenizer, prompts, *, n=1, max_new_tokens=256, temperature=1.0,
+                 top_p=1.0, top_k=0, seed=0, batch_size=16, progress=None):
+        from vllm import SamplingParams
+
+        llm = self._engine(model)
+        stops = stop_token_ids(model, tokenizer)
+        pids = [encode_prompt(tokenizer, p) for p in prompts]
+        reqs, params, seen = [], [], {}
+        for i, p in enumerate(prompts):
+            occ = seen.get(p, 0)
+            seen[p] = occ + 1
+            for j in range(n):
+                reqs.append({"prompt_token_ids": pids[i]})
+                params.append(SamplingParams(
+                    n=1, temperature=temperature, top_p=top_p, top_k=top_k if top_k > 0 else -1,
+                    max_tokens=max_new_tokens, seed=row_seed(seed, p, occ, j) % (2**31),
+                    stop_token_ids=stops, skip_special_tokens=True))
+        outs = llm.generate(reqs, params, use_tqdm=False)
+        res = []
+        for i, p in enumerate(prompts):
+            group = []
+            for j in range(n):
+                o = outs[i * n + j].outputs[0]
+                ids = list(o.token_ids)
+                text = _decode(tokenizer, ids)
+                group.append(Rollout(p, text, list(pids[i]), ids, o.finish_reason == "stop",
+                                     token_offsets(tokenizer, ids, text)))
+            res.append(group)
+        if progress is not None:
+            progress(len(prompts) * n)
+        return res
+
+
+BACKENDS = {"hf": HFBackend, "vllm": VLLMBackend}
+
+
+def get_backend(name: str = "hf", **kwargs) -> Backend:
+    """Backend by name (`hf`, `vllm`); vLLM raises a one-line error when not installed."""
+    try:
+        cls = BACKENDS[name.lower()]
+    except KeyError:
+        raise GenerationError(f"unknown backend {name!r} (known: {', '.join(BACKENDS)})") from None
+    return cls(**kwargs)
