@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
+Span = tuple[int, int]
 
 
 def span_to_token_mask(
@@ -16,6 +21,8 @@ def span_to_token_mask(
     ends inside a token includes that token. Zero-width tokens (special tokens, padding,
     offsets (0, 0)) never overlap. `span=None` gives an all-False mask.
     """
+    import torch  # lazy: task plugins import this module without torch
+
     T = len(offsets) if length is None else length
     mask = torch.zeros(T, dtype=torch.bool)  # [T]
     if span is None:
@@ -43,27 +50,41 @@ def find_question_span(prompt_text: str, question: str) -> tuple[int, int] | Non
     return None
 
 
-def last_boxed_span(text: str) -> tuple[int, int] | None:
-    """Character span of the content of the last brace-matched `\\boxed{...}` (or `\\fbox{...}`).
+_BOXED_TOKENS = re.compile(r"\\\\|\\[{}]|\\(?:boxed|fbox)\s*\{|[{}]")
 
-    `\\boxed{\\frac{1}{2}}` gives the span of `\\frac{1}{2}`. An unclosed last box (truncated
-    response) gives None. Linear in the length of the text.
+
+def last_boxed_span(text: str) -> Span | None:
+    """Span of the content of the last brace-matched `\\boxed{...}` (or `\\fbox{...}`).
+
+    One linear pass: escaped braces (`\\{`, `\\}`) do not count, an unclosed `\\boxed{` (a
+    truncated response) is ignored, and for nested boxes the outermost one wins. "Last" means
+    the box that closes last. The content is trimmed of surrounding whitespace.
     """
-    best = None
-    for key in ("\\boxed{", "\\fbox{"):
-        i = text.rfind(key)
-        if i >= 0 and (best is None or i > best[0]):
-            best = (i, key)
-    if best is None:
-        return None
-    start = best[0] + len(best[1])
-    depth = 1
-    for j in range(start, len(text)):
-        c = text[j]
-        if c == "{":
+    depth = 0
+    open_boxes: list[tuple[int, int]] = []  # (depth inside the box, content start)
+    best: Span | None = None
+    for m in _BOXED_TOKENS.finditer(text):
+        tok = m.group()
+        if tok == "}":
+            if open_boxes and open_boxes[-1][0] == depth:
+                _, start = open_boxes.pop()
+                best = (start, m.start())
+            depth = max(depth - 1, 0)
+        elif tok == "{":
             depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return (start, j)
-    return None
+        elif tok.startswith(("\\boxed", "\\fbox")):
+            depth += 1
+            open_boxes.append((depth, m.end()))
+        # escaped braces and "\\\\" are skipped
+    return strip_span(text, best) if best else None
+
+
+
+def strip_span(text: str, span: Span) -> Span | None:
+    """Shrink `span` so that it excludes leading/trailing whitespace (None if it is empty)."""
+    start, end = span
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return (start, end) if end > start else None
