@@ -221,9 +221,9 @@ def resolve_checkpoint(spec: str) -> Path:
     """
     base, sel = split_ckpt_spec(spec)
     p = Path(base).expanduser()
-    if sel is None and _is_model_dir(p):
-        return p
     ck = p / "checkpoints"
+    if sel is None and _is_model_dir(p) and not ck.is_dir():
+        return p  # a model folder (a run folder also has a config.json, but checkpoints/ too)
     if not p.is_dir():
         raise EvalError(f"checkpoint {spec!r}: {p} does not exist")
     if not ck.is_dir():

@@ -127,6 +127,8 @@ def _ckpt(path):
 
 def test_resolve_checkpoint(tmp_path):
     run = tmp_path / "x"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text("{}")  # a run folder has its resolved config too
     s10 = _ckpt(run / "checkpoints" / "step_000010")
     s20 = _ckpt(run / "checkpoints" / "step_000020")
     s30 = _ckpt(run / "checkpoints" / "step_000030")

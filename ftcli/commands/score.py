@@ -69,7 +69,6 @@ def score(
     else:
         pairs = [(prompt, response)]
     console = Console()
-    torch.set_grad_enabled(False)
     mdl, tok = load_model(model)
     settings = {"model": model, "layers": layers, "ratio": ratio, "gamma": gamma, "answer_pattern": answer_pattern}
     with Progress(console=console, transient=True, disable=len(pairs) <= batch_size) as prog:
