@@ -1,0 +1,156 @@
+"""`ft train`: GRPO with token credit on a DeepSpeed engine.
+
+The options are generated from `ftcli.trainer.TrainConfig` (one source of truth for names,
+defaults and help); an option left out takes the `--preset` value, then the dataclass default.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import typing
+from dataclasses import fields
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+EPILOG = """Examples:
+
+  ft train --task countdown --credit flow --out runs/flow
+
+  ft train --task countdown --credit none --out runs/grpo --steps 20
+
+  ft train --preset paper --model Qwen/Qwen3-4B-Base --task math --out runs/paper-flow
+
+  ft train --out runs/flow --resume --steps 40            (continue a run)
+
+Multi-process (one process per GPU, or 2 CPU processes):
+
+  deepspeed --num_gpus 2 --module ftcli.train_entry --zero-stage 2 --out runs/x ...
+
+  torchrun --nproc_per_node 2 -m ftcli.train_entry --zero-stage 2 --out runs/x ...
+"""
+
+# options that may change when a run is resumed (everything else must match the saved config)
+RESUMABLE = {"steps", "progress", "val_every", "save_every", "keep_last", "log_samples", "gen_batch_size"}
+
+
+def _option_type(tp):
+    """Optional[X] for the CLI (None = not given): strip an existing Optional first."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    base = args[0] if args else tp
+    return Optional[base], base  # noqa: UP045 - typer needs a real typing object
+
+
+def _build_params() -> list[inspect.Parameter]:
+    from ftcli.trainer import PRESETS, TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    kw = inspect.Parameter.KEYWORD_ONLY
+    params = [
+        inspect.Parameter("preset", kw, annotation=str, default=typer.Option(
+            "cpu", "--preset", help=f"Defaults for the options not given: {', '.join(PRESETS)} "
+            "(paper: global batch 512 = 64 prompts x 8, micro 32, lr 1e-6, T 0.99, top-k 100, 1K tokens).",
+            rich_help_panel="Run")),
+        inspect.Parameter("resume", kw, annotation=bool, default=typer.Option(
+            False, "--resume", help="Continue the run in --out from its newest checkpoint.",
+            rich_help_panel="Run")),
+        inspect.Parameter("local_rank", kw, annotation=Optional[int], default=typer.Option(  # noqa: UP045
+            None, "--local_rank", "--local-rank", hidden=True, help="Set by the deepspeed launcher.")),
+    ]
+    for f in fields(TrainConfig):
+        meta = f.metadata
+        if not meta.get("cli", True):
+            continue
+        ann, base = _option_type(hints[f.name])
+        flag = "--" + f.name.replace("_", "-")
+        decl = f"{flag}/--no-{flag[2:]}" if base is bool else flag
+        default = "auto" if f.default is None else f.default
+        paper = PRESETS["paper"].get(f.name)
+        help_ = meta["help"]
+        if meta.get("choices"):
+            help_ += f" One of: {', '.join(meta['choices'])}."
+        help_ += f"  (default: {default}" + (f"; paper: {paper})" if paper is not None else ")")
+        params.append(inspect.Parameter(f.name, kw, annotation=ann, default=typer.Option(
+            None, decl, help=help_, show_default=False, rich_help_panel=meta.get("panel"))))
+    return params
+
+
+def _resumed_options(out: str, given: dict) -> tuple[str, dict]:
+    """(preset, options) of a saved run, with the explicitly given resumable options applied."""
+    from ftcli.trainer import TrainConfig
+
+    saved = json.loads((Path(out) / "config.json").read_text(encoding="utf-8"))
+    names = {f.name for f in fields(TrainConfig)}
+    opts = {k: v for k, v in saved.items() if k in names and k != "preset"}
+    for k, v in given.items():
+        if v is None or k == "out":
+            continue
+        if k in RESUMABLE:
+            opts[k] = v
+        elif v != opts.get(k):
+            raise typer.BadParameter(
+                f"--{k.replace('_', '-')} differs from the saved run ({opts.get(k)!r}); "
+                f"only {', '.join(sorted(RESUMABLE))} may change on --resume"
+            )
+    return saved.get("preset", "cpu"), opts
+
+
+def _train_command(**kw):
+    from rich.console import Console
+
+    from ftcli.trainer import resolve_config, train
+
+    preset, resume = kw.pop("preset"), kw.pop("resume")
+    kw.pop("local_rank", None)
+    out = kw.get("out") or "runs/train"
+    if resume and (Path(out) / "config.json").is_file():
+        preset, kw = _resumed_options(out, kw)
+        kw["out"] = out
+    cfg = resolve_config(preset, **kw)
+    console = Console(stderr=True)
+    run_dir = train(cfg, resume=resume, console=console)
+    _summary(console, Path(run_dir), cfg)
+
+
+def _summary(console, run_dir: Path, cfg) -> None:
+    import os
+
+    if os.environ.get("RANK", "0") != "0" or not cfg.progress:
+        return
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    if not rows:
+        return
+    last, first = rows[-1], rows[0]
+    vals = [r["val_accuracy"] for r in rows if "val_accuracy" in r]
+    msg = (
+        f"[bold]done[/]: {len(rows)} steps, reward {first['reward_mean']:.3f} -> {last['reward_mean']:.3f}, "
+        f"accuracy {first['accuracy']:.3f} -> {last['accuracy']:.3f}"
+    )
+    if vals:
+        msg += f", val accuracy {vals[-1]:.3f} (best {max(vals):.3f})"
+    console.print(msg)
+    console.print(f"run: {run_dir}  (metrics.jsonl, samples.jsonl, checkpoints/final)")
+
+
+def make_command():
+    """The `train` callback with a signature typer can read."""
+
+    def train_cmd(**kw):
+        """Train a policy with GRPO and token credit (FlowTracer or a baseline rule)."""
+        _train_command(**kw)
+
+    params = _build_params()
+    train_cmd.__signature__ = inspect.Signature(params)
+    train_cmd.__annotations__ = {p.name: p.annotation for p in params}
+    return train_cmd
+
+
+def register(app: typer.Typer) -> None:
+    app.command(
+        "train",
+        epilog=EPILOG,
+        help="Train with GRPO and pluggable token credit (flow, none, random, entropy, gradient, "
+        "correlation, attention) on a DeepSpeed ZeRO engine; writes a run directory.",
+    )(make_command())

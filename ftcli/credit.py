@@ -1,0 +1,400 @@
+"""Token credit rules: ONE registry; each rule scores tokens, ONE shared selection weights them.
+
+    rule = get_rule("flow")
+    credit = compute_credit(rule, inputs, CreditOptions(ratio=0.4, gamma=1.5))
+    credit.weights        # [B, T] gamma_t of paper Eq. 5 (1.0 outside the response)
+
+A rule maps a batch (`CreditInputs`) to per-token scores `[B, T]` (only response positions
+matter) and, optionally, a per-sequence fallback flag `[B]` (the rule cannot score that
+sequence: it gets uniform weights). The shared step (`weights_from_scores`) then turns scores
+into weights, identically for every rule:
+
+- `binary` (the paper, Eq. 6): the first ceil(ratio * n - 1e-9) response tokens by score
+  (`--select top`: descending, never a token with score exactly 0; `bottom`: ascending), ties
+  to the lower position (`ftcli.flow.select_tokens`), get gamma; every other token gets 1.
+- continuous weightings (paper Table 7): w_t = 1 + (gamma - 1) * u_t with u_t in [0, 1] a
+  per-sequence normalisation of the scores over the response tokens; `--select bottom` uses
+  1 - u_t. Definitions (s = score, stats over the sequence's response tokens):
+    raw      u = s+ / max s+                                  (linear in the raw score)
+    tanh     u = max(tanh(z), 0),  z = (s - mean) / std        (above-mean tokens, saturating)
+    sigmoid  u = sigmoid(z)                                    (every token, centred at 0.5)
+    mad      u = max(tanh(z_r), 0), z_r = (s - median) / (1.4826 MAD)   (robust z-score)
+    log1p    u = log1p(s+ / mean s+) / max log1p(s+ / mean s+)
+    mass     soft mass threshold p (`--mass`, 0.2-0.8): tokens in descending score order
+             until their cumulative score reaches p * sum(s+); u = 1 inside, the boundary
+             token gets the fraction of its score needed to reach p, 0 after.
+  (s+ = max(s, 0): magnitude weightings ignore negative scores.)
+- `nonneg_only` (the sister paper's "only non-negative advantages"): sequences with A < 0 get
+  uniform weights.
+
+Rules (the definitions this implementation chose; also in the README):
+- `none`: plain GRPO, all weights 1.
+- `random`: i.i.d. uniform(0, 1) scores, seeded per sequence (reproducible, split-invariant).
+- `entropy`: the current policy's entropy H_t of the distribution that produced token t (the
+  high-entropy "forking token" baseline of Wang et al. 2025, in the gamma template of the
+  attention papers, selection per response), from the update forward's logits, detached.
+- `gradient`: answer-gradient saliency s_t = || d/d e_t  sum_{a in A} log pi(y_a | y_<a) ||_2,
+  the L2 norm of the gradient of the final answer's log-likelihood with respect to token t's
+  input embedding (one extra forward/backward, no parameter gradients). It targets the same
+  answer span as the flow, so both baselines answer "which tokens does the answer depend on";
+  no answer span -> uniform fallback.
+- `correlation`: the token-level covariance between log-probability and advantage
+  (Cui et al. 2025, "The Entropy Mechanism of RL for Reasoning LMs", Clip-Cov):
+  s_t = A_i * (log pi(y_t) - mean_{t' in R_i} log pi(y_t')), centred within the response so the
+  score does not depend on how the batch is split; A = 0 (a group with equal rewards) gives 0.
+- `attention`: the sister paper's Future Attention Influence (arXiv 2510.13554, Def. 4.1) on the
+  same captured W as the flow: s_k = mean of W[k, t] over later response tokens t with
+  k + 10 <= t <= k + 50 (`--fai-window`), 0 when no such t. (That paper averages "global"
+  heads only; here all heads of the chosen layers, the W the flow uses.)
+- `flow`: FlowTracer (`ftcli.flow.trace_flow`) on the middle-layer W with the task's question
+  and answer spans: scores = throughput tau; sequences with no answer or question span get the
+  uniform fallback. With `binary` weighting the weights equal `trace_flow(...).weights`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from ftcli.flow import credit_weights, select_tokens, trace_flow
+
+SELECT_MODES = ("top", "bottom")
+WEIGHTINGS = ("binary", "raw", "tanh", "sigmoid", "mad", "log1p", "mass")
+MAD_SCALE = 1.4826  # MAD -> std for a normal distribution
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs, options, result
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class CreditInputs:
+    """What a rule may look at, for one (micro-)batch of right-padded sequences."""
+
+    input_ids: torch.Tensor  # [B, T] long
+    attention_mask: torch.Tensor  # [B, T] bool
+    response_mask: torch.Tensor  # [B, T] bool, generated tokens (EOS included)
+    question_mask: torch.Tensor  # [B, T] bool, question tokens in the prompt
+    answer_mask: torch.Tensor  # [B, T] bool, final-answer tokens in the response
+    advantages: torch.Tensor  # [B] fp32, group-normalised
+    seeds: torch.Tensor | None = None  # [B] long, per-sequence seeds (random rule)
+    W: torch.Tensor | None = None  # [B, T, T] fp32 mean attention (rules needing "attention")
+    logp: torch.Tensor | None = None  # [B, T] detached log pi(y_t) ("logp")
+    entropy: torch.Tensor | None = None  # [B, T] policy entropy at each token ("entropy")
+    model: object | None = None  # the policy module ("model": the gradient rule)
+    temperature: float = 1.0  # logits temperature of the update (gradient rule)
+
+
+@dataclass
+class CreditOptions:
+    """The shared selection: how scores become weights (CLI: --ratio --select --gamma ...)."""
+
+    ratio: float = 0.4
+    select: str = "top"
+    gamma: float = 1.5
+    weighting: str = "binary"
+    mass: float = 0.4
+    nonneg_only: bool = False
+    fai_window: tuple[int, int] = (10, 50)
+
+    def __post_init__(self):
+        if self.select not in SELECT_MODES:
+            raise ValueError(f"--select must be one of {', '.join(SELECT_MODES)}, got {self.select!r}")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"--weighting must be one of {', '.join(WEIGHTINGS)}, got {self.weighting!r}")
+        if not 0.0 <= self.ratio <= 1.0:
+            raise ValueError(f"--ratio must be in [0, 1], got {self.ratio}")
+        if not 0.0 < self.mass <= 1.0:
+            raise ValueError(f"--mass must be in (0, 1], got {self.mass}")
+        lo, hi = self.fai_window
+        if not 1 <= lo <= hi:
+            raise ValueError(f"--fai-window must be LO:HI with 1 <= LO <= HI, got {lo}:{hi}")
+
+
+@dataclass
+class Credit:
+    """Result of `compute_credit`."""
+
+    weights: torch.Tensor  # [B, T] fp32, 1.0 outside the response
+    credited: torch.Tensor  # [B, T] bool, response tokens whose weight is not 1
+    scores: torch.Tensor | None  # [B, T] the rule's scores (None for `none`)
+    fallback: torch.Tensor  # [B] bool, uniform weights because the rule could not score
+
+
+ScoreFn = Callable[[CreditInputs, CreditOptions], "tuple[torch.Tensor, torch.Tensor | None]"]
+
+
+@dataclass(frozen=True)
+class CreditRule:
+    """A named scoring rule and what it needs from the trainer."""
+
+    name: str
+    score: ScoreFn | None  # None: plain GRPO
+    needs: frozenset = field(default_factory=frozenset)  # {"attention","entropy","logp","model"}
+    summary: str = ""
+
+
+RULES: dict[str, CreditRule] = {}
+
+
+def register_rule(name: str, needs: tuple[str, ...] = (), summary: str = ""):
+    """Decorator adding a score function to the registry under `name`."""
+
+    def deco(fn: ScoreFn) -> ScoreFn:
+        RULES[name] = CreditRule(name, fn, frozenset(needs), summary)
+        return fn
+
+    return deco
+
+
+RULES["none"] = CreditRule("none", None, frozenset(), "plain GRPO (all weights 1)")
+
+
+def get_rule(name: str) -> CreditRule:
+    try:
+        return RULES[name]
+    except KeyError:
+        raise ValueError(f"unknown credit rule {name!r} (choose from {', '.join(RULES)})") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Rules
+# ---------------------------------------------------------------------------------------------
+def _require(inputs: CreditInputs, what: str, rule: str):
+    v = getattr(inputs, what)
+    if v is None:
+        raise ValueError(f"credit rule {rule!r} needs `{what}` in its inputs")
+    return v
+
+
+@register_rule("random", summary="uniform random scores, seeded per sequence")
+def score_random(inputs: CreditInputs, opts: CreditOptions):
+    B, T = inputs.response_mask.shape
+    seeds = inputs.seeds if inputs.seeds is not None else torch.arange(B)
+    out = torch.empty(B, T)  # [B, T]
+    for b in range(B):
+        g = torch.Generator().manual_seed(int(seeds[b]))
+        out[b] = torch.rand(T, generator=g)
+    return out.to(inputs.response_mask.device), None
+
+
+@register_rule("entropy", needs=("entropy",), summary="policy entropy of each token")
+def score_entropy(inputs: CreditInputs, opts: CreditOptions):
+    return _require(inputs, "entropy", "entropy").float(), None
+
+
+@register_rule("correlation", needs=("logp",), summary="advantage x centred log-prob (Clip-Cov)")
+def score_correlation(inputs: CreditInputs, opts: CreditOptions):
+    logp = _require(inputs, "logp", "correlation").float()  # [B, T]
+    r = inputs.response_mask.float()  # [B, T]
+    mean = (logp * r).sum(-1, keepdim=True) / r.sum(-1, keepdim=True).clamp_min(1.0)  # [B, 1]
+    return inputs.advantages.float()[:, None] * (logp - mean) * r, None
+
+
+@register_rule("attention", needs=("attention",), summary="future attention influence (FAI)")
+def score_attention(inputs: CreditInputs, opts: CreditOptions):
+    W = _require(inputs, "W", "attention")  # [B, T, T]
+    lo, hi = opts.fai_window
+    resp = inputs.response_mask
+    B, T = resp.shape
+    out = torch.zeros(B, T, dtype=torch.float32, device=W.device)  # [B, T]
+    for b in range(B):
+        idx = resp[b].nonzero()[:, 0]
+        if idx.numel() == 0:
+            continue
+        r0, n = int(idx[0]), idx.numel()
+        Wr = W[b, r0 : r0 + n, r0 : r0 + n]  # [n, n] keys x queries (view, no copy)
+        total = torch.zeros(n, dtype=torch.float32, device=W.device)  # [n]
+        count = torch.zeros(n, dtype=torch.float32, device=W.device)  # [n]
+        for d in range(lo, min(hi, n - 1) + 1):  # query t = k + d
+            diag = torch.diagonal(Wr, offset=d).float()  # [n - d]
+            total[: n - d] += diag
+            count[: n - d] += 1.0
+        out[b, r0 : r0 + n] = total / count.clamp_min(1.0)
+    return out, None
+
+
+@register_rule("flow", needs=("attention",), summary="FlowTracer throughput tau (question -> answer)")
+def score_flow(inputs: CreditInputs, opts: CreditOptions):
+    W = _require(inputs, "W", "flow")
+    res = trace_flow(
+        W,
+        inputs.question_mask,
+        inputs.answer_mask,
+        inputs.response_mask,
+        ratio=opts.ratio,
+        gamma=opts.gamma,
+        overwrite=True,  # W is the trainer's scratch buffer
+    )
+    return res.tau.float(), res.fallback
+
+
+@register_rule("gradient", needs=("model",), summary="answer log-likelihood gradient saliency")
+def score_gradient(inputs: CreditInputs, opts: CreditOptions):
+    model = _require(inputs, "model", "gradient")
+    ans = inputs.answer_mask  # [B, T]
+    fallback = ~ans.any(dim=1)  # [B]
+    scores = answer_gradient_saliency(
+        model, inputs.input_ids, inputs.attention_mask, ans, inputs.response_mask, inputs.temperature
+    )
+    return scores, fallback
+
+
+def answer_gradient_saliency(
+    model, input_ids, attention_mask, answer_mask, response_mask, temperature: float = 1.0
+) -> torch.Tensor:
+    """s_t = || d/d e_t sum_{a in A} log pi(y_a | y_<a) ||_2 for every position t.
+
+    One forward on input embeddings that require grad and one `torch.autograd.grad` with
+    respect to them only (parameter .grad buffers are not touched). Logits are kept only
+    from the first response position on (`logits_to_keep`). Each sequence's answer
+    log-likelihood depends on its own row only, so one backward of the batch sum gives every
+    row's gradient.
+
+    input_ids, attention_mask, answer_mask, response_mask: [B, T]  ->  [B, T] fp32
+    """
+    from ftcli.grpo import token_logprobs
+
+    B, T = input_ids.shape
+    first = int(response_mask.float().argmax(dim=1).min()) if response_mask.any() else 1
+    first = max(first, 1)
+    with torch.enable_grad():
+        emb = model.get_input_embeddings()(input_ids).detach().requires_grad_(True)  # [B, T, d]
+        out = model(inputs_embeds=emb, attention_mask=attention_mask.long(), logits_to_keep=T - first + 1)
+        logits = out.logits[:, :-1]  # [B, T - first, V]: predicts tokens first..T-1
+        logp = token_logprobs(logits, input_ids[:, first:], temperature)  # [B, T - first]
+        target = (logp * answer_mask[:, first:].to(logp.dtype)).sum()
+        if not target.requires_grad:  # no answer anywhere in the batch
+            return torch.zeros(B, T, dtype=torch.float32, device=input_ids.device)
+        (g,) = torch.autograd.grad(target, emb)  # [B, T, d]
+    return g.float().norm(dim=-1) * attention_mask.float()  # [B, T]
+
+
+# ---------------------------------------------------------------------------------------------
+# The shared selection
+# ---------------------------------------------------------------------------------------------
+def _row_stats(s: torch.Tensor, m: torch.Tensor):
+    """Per-row mean and std (population) of s over mask m. s, m: [B, T] -> [B, 1] each."""
+    mf = m.float()
+    n = mf.sum(-1, keepdim=True).clamp_min(1.0)
+    mean = (s * mf).sum(-1, keepdim=True) / n
+    var = (((s - mean) ** 2) * mf).sum(-1, keepdim=True) / n
+    return mean, var.sqrt()
+
+
+def _row_median(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Per-row (lower) median of x over mask m. [B, T] -> [B, 1]."""
+    return x.masked_fill(~m, float("nan")).nanmedian(dim=-1, keepdim=True).values.nan_to_num(0.0)
+
+
+def _safe_div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.where(b > 0, a / torch.where(b > 0, b, torch.ones_like(b)), torch.zeros_like(a))
+
+
+def continuous_units(
+    scores: torch.Tensor, response_mask: torch.Tensor, weighting: str, mass: float = 0.4
+) -> torch.Tensor:
+    """u_t in [0, 1] for the continuous weightings (definitions in the module docstring).
+
+    scores: [B, T], response_mask: [B, T] bool  ->  u [B, T] (0 outside the response)
+    """
+    m = response_mask.bool()
+    s = scores.float().masked_fill(~m, 0.0)  # [B, T]
+    sp = s.clamp_min(0.0)  # [B, T] s+
+    if weighting == "raw":
+        u = _safe_div(sp, sp.amax(-1, keepdim=True))
+    elif weighting in ("tanh", "sigmoid"):
+        mean, std = _row_stats(s, m)
+        z = _safe_div(s - mean, std.expand_as(s))  # [B, T]
+        u = torch.sigmoid(z) if weighting == "sigmoid" else torch.tanh(z).clamp_min(0.0)
+    elif weighting == "mad":
+        med = _row_median(s, m)  # [B, 1]
+        mad = _row_median((s - med).abs(), m) * MAD_SCALE  # [B, 1]
+        u = torch.tanh(_safe_div(s - med, mad.expand_as(s))).clamp_min(0.0)
+    elif weighting == "log1p":
+        n = m.float().sum(-1, keepdim=True).clamp_min(1.0)
+        mean = sp.sum(-1, keepdim=True) / n  # [B, 1]
+        v = torch.log1p(_safe_div(sp, mean.expand_as(sp)))
+        u = _safe_div(v, v.amax(-1, keepdim=True))
+    elif weighting == "mass":
+        order = torch.argsort(sp, dim=-1, descending=True, stable=True)  # [B, T]
+        sorted_s = sp.gather(-1, order)  # [B, T]
+        before = sorted_s.cumsum(-1) - sorted_s  # [B, T] mass ranked above each token
+        budget = mass * sp.sum(-1, keepdim=True)  # [B, 1]
+        u_sorted = _safe_div((budget - before).clamp_min(0.0), sorted_s).clamp(0.0, 1.0)
+        u = torch.empty_like(u_sorted).scatter_(-1, order, u_sorted)
+    else:
+        raise ValueError(f"unknown weighting {weighting!r} (choose from {', '.join(WEIGHTINGS)})")
+    return u.masked_fill(~m, 0.0)
+
+
+def weights_from_scores(
+    scores: torch.Tensor,
+    response_mask: torch.Tensor,
+    opts: CreditOptions,
+    eligible: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores -> (weights [B, T], credited [B, T] bool): the ONE selection of every rule.
+
+    `eligible` [B] bool: sequences that may receive credit (others get all-1 weights).
+    Binary: `ftcli.flow.select_tokens` + `ftcli.flow.credit_weights` (Eq. 6). Continuous:
+    w = 1 + (gamma - 1) u (see `continuous_units`).
+    """
+    resp = response_mask.bool()
+    if eligible is not None:
+        resp = resp & eligible.bool()[:, None]
+    if opts.weighting == "binary":
+        top = opts.select == "top"
+        sel = select_tokens(scores, resp, opts.ratio, largest=top, exclude_zero=top)  # [B, T]
+        return credit_weights(sel, opts.gamma), sel & (opts.gamma != 1.0)
+    u = continuous_units(scores, resp, opts.weighting, opts.mass)  # [B, T]
+    if opts.select == "bottom":
+        u = (1.0 - u).masked_fill(~resp, 0.0)
+    w = 1.0 + (opts.gamma - 1.0) * u  # [B, T]
+    return w, resp & (w != 1.0)
+
+
+def compute_credit(rule: CreditRule | str, inputs: CreditInputs, opts: CreditOptions) -> Credit:
+    """Scores of `rule` on `inputs`, then the shared selection. Weights are detached fp32."""
+    if isinstance(rule, str):
+        rule = get_rule(rule)
+    resp = inputs.response_mask.bool()
+    B = resp.shape[0]
+    if rule.score is None:
+        ones = torch.ones(resp.shape, dtype=torch.float32, device=resp.device)
+        return Credit(ones, torch.zeros_like(resp), None, torch.zeros(B, dtype=torch.bool))
+    with torch.no_grad():
+        scores, fallback = rule.score(inputs, opts)
+    scores = scores.detach().float()
+    fallback = (
+        torch.zeros(B, dtype=torch.bool, device=resp.device) if fallback is None else fallback.bool()
+    )
+    eligible = ~fallback
+    if opts.nonneg_only:
+        eligible = eligible & (inputs.advantages.to(resp.device) >= 0)
+    weights, credited = weights_from_scores(scores, resp, opts, eligible)
+    return Credit(weights.detach(), credited, scores, fallback)
+
+
+def describe_rules() -> str:
+    """One line per rule (CLI help)."""
+    return "; ".join(f"{r.name}: {r.summary}" for r in RULES.values())
+
+
+__all__ = [
+    "RULES",
+    "SELECT_MODES",
+    "WEIGHTINGS",
+    "Credit",
+    "CreditInputs",
+    "CreditOptions",
+    "CreditRule",
+    "answer_gradient_saliency",
+    "compute_credit",
+    "continuous_units",
+    "describe_rules",
+    "get_rule",
+    "register_rule",
+    "weights_from_scores",
+]

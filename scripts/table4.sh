@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Table 4 (Llama models): GRPO vs FlowTracer trained on TASK and evaluated on the paper-llama
+# group (AMC23, MATH500, OlympiadBench, Minerva, GSM8K; one column each, then Avg).
+#
+# Usage: scripts/table4.sh [MODEL]        e.g. scripts/table4.sh meta-llama/Llama-3.2-3B-Instruct (GPU)
+#   env: TASK (gsm8k), RULES (none,flow), SEEDS (0), STEPS, PRESET (cpu), LIMIT (10 per benchmark),
+#        EVAL_N (1; "suite" for the suites' n), OUT (runs/ablate/table4), EXTRA
+# CPU (1 thread, default model): about 15 minutes (a pipeline check at CPU scale).
+set -euo pipefail
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+MODEL="${1:-${MODEL:-}}"
+args=()
+[[ -n "$MODEL" ]] && args+=(--model "$MODEL")
+[[ -n "${STEPS:-}" ]] && args+=(--steps "$STEPS")
+[[ "${EVAL_N:-1}" != "suite" ]] && args+=(--eval-n "${EVAL_N:-1}")
+# shellcheck disable=SC2086
+ft ablate credit ${args[@]+"${args[@]}"} --rules "${RULES:-none,flow}" --no-baseline \
+    --task "${TASK:-gsm8k}" --eval-suite paper-llama --eval-limit "${LIMIT:-10}" \
+    --preset "${PRESET:-cpu}" --seeds "${SEEDS:-0}" --out "${OUT:-runs/ablate/table4}" ${EXTRA:-}
