@@ -43,6 +43,15 @@ test-slow: setup
 bench: setup
     {{python}} bench/bench_flow.py
     {{python}} bench/bench_capture.py
+    {{python}} bench/bench_overhead.py
 
 lint:
     {{python}} -m ruff check ftcli tasks evals tests bench
+
+# Reproduce one table of the paper: `just table 3 [MODEL]` runs scripts/table3.sh.
+table n model="": setup
+    scripts/table{{n}}.sh {{model}}
+
+# Reproduce one figure: `just fig 6 [MODEL]` runs scripts/fig6.sh.
+fig n model="": setup
+    scripts/fig{{n}}.sh {{model}}
