@@ -25,8 +25,12 @@ setup:
     # Convert it once into a safetensors cache (later loads take well under a second).
     {{python}} -c "from ftcli.models import ensure_smollm2; print('default model:', ensure_smollm2())"
 
-# The main job on the embedded default model.
+# The main job: GRPO with FlowTracer credit on Countdown, on the embedded default model.
 run: setup
+    ft train --task countdown --credit flow --out runs/main
+
+# Per-token FlowTracer credit of a worked GSM8K answer on SmolLM2-135M-Instruct.
+score-example: setup
     ft score --prompt "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May?" \
         --response "In April she sold 48 clips. In May she sold 48 / 2 = 24 clips. Altogether she sold 48 + 24 = 72 clips. The answer is \\boxed{72}." \
         --json runs/score-example.json --html runs/score-example.html
