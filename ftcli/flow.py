@@ -89,8 +89,12 @@ def _check_inputs(W, question_mask, answer_mask, response_mask, ratio):
         raise ValueError(f"W must have shape [B, T, T], got {tuple(W.shape)}")
     if not W.dtype.is_floating_point:
         raise ValueError(f"W must be a floating tensor, got {W.dtype}")
-    if not (isinstance(ratio, (int, float)) and 0.0 <= float(ratio) <= 1.0):
-        raise ValueError(f"ratio must be in [0, 1], got {ratio!r}")
+    try:
+        ok = 0.0 <= float(ratio) <= 1.0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"ratio must be a number in [0, 1], got {ratio!r}")
     shape = (W.shape[0], W.shape[1])
     q = _as_mask(question_mask, "question_mask", shape).to(W.device)
     a = _as_mask(answer_mask, "answer_mask", shape).to(W.device)
@@ -270,6 +274,8 @@ def trace_flow(
     outside the response, or a non-contiguous response.
     """
     q, a, r = _check_inputs(W, question_mask, answer_mask, response_mask, ratio)
+    ratio = float(ratio)
+    W = W.detach()  # the flow is not differentiated; in-place work needs a non-autograd view
     dt = _compute_dtype(W)
     if W.dtype != dt:
         W, overwrite = W.to(dt), True  # an owned copy (bf16/fp16 input)

@@ -306,6 +306,19 @@ def test_bf16_input_computes_in_fp32_and_fp64_stays_fp64():
     assert res64.tau.dtype == torch.float64
 
 
+def test_w_requiring_grad_and_non_contiguous_views_are_accepted_and_unchanged():
+    W, Q, A, resp = random_case(30, 6)
+    base, (q, a, r) = _run(W, Q, A, resp, dtype=torch.float32)
+    Wg = W.float()[None].clone().requires_grad_(True)
+    res = trace_flow(Wg, q, a, r)
+    assert torch.equal(res.tau, base.tau) and torch.equal(Wg.detach()[0], W.float())
+    Wt = W.float().T.contiguous().T[None]  # same values, column-major storage
+    assert not Wt.is_contiguous()
+    res = trace_flow(Wt, q, a, r)
+    torch.testing.assert_close(res.tau, base.tau)
+    assert torch.equal(Wt[0], W.float())
+
+
 def test_overwrite_skips_restore_but_gives_same_result():
     W, Q, A, resp = random_case(30, 4)
     keep, (q, a, r) = _run(W, Q, A, resp)
