@@ -59,7 +59,7 @@ def main() -> None:
         a[0, A] = True
         r[0, r0:] = True
         W32 = W[None].contiguous()
-        fast = best_of(lambda: trace_flow(W32, q, a, r), repeat=7)
+        fast = best_of(lambda W32=W32, q=q, a=a, r=r: trace_flow(W32, q, a, r), repeat=7)
         res = trace_flow(W32, q, a, r)
         W64 = W.double()
         t = time.perf_counter()

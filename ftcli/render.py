@@ -24,7 +24,7 @@ def _heat(x: float) -> tuple[int, int, int]:
 
 
 def _norm(item: ScoredPair) -> list[float]:
-    resp = [t for t, s in zip(item.tau, item.segment) if s == "response"]
+    resp = [t for t, s in zip(item.tau, item.segment, strict=True) if s == "response"]
     top = max(resp) if resp and max(resp) > 0 else 1.0
     return [t / top for t in item.tau]
 
@@ -40,13 +40,13 @@ def render_terminal(console: Console, item: ScoredPair, index: int | None = None
     head = f"[bold]#{index}[/bold] " if index is not None else ""
     console.rule(f"{head}FlowTracer credit")
     q = Text("question: ", style="bold")
-    for i, (tok, seg) in enumerate(zip(item.tokens, item.segment)):
+    for i, (tok, seg) in enumerate(zip(item.tokens, item.segment, strict=True)):
         if seg == "prompt" and item.question[i]:
             r, g, b = _heat(norm[i])
             q.append(_show(tok), style=f"black on rgb({r},{g},{b})")
     console.print(q)
     t = Text("response: ", style="bold")
-    for i, (tok, seg) in enumerate(zip(item.tokens, item.segment)):
+    for i, (tok, seg) in enumerate(zip(item.tokens, item.segment, strict=True)):
         if seg != "response":
             continue
         r, g, b = _heat(norm[i])
@@ -122,7 +122,7 @@ def render_html(items: Sequence[ScoredPair], title: str = "FlowTracer credit", s
         parts.append(f"<h2>#{n}</h2>")
         for seg_name in ("prompt", "response"):
             spans = []
-            for i, (tok, seg) in enumerate(zip(item.tokens, item.segment)):
+            for i, (tok, seg) in enumerate(zip(item.tokens, item.segment, strict=True)):
                 if seg != seg_name or (seg == "prompt" and not item.question[i]):
                     continue
                 cls = ["t"]

@@ -85,7 +85,7 @@ def backbone_edges(
         return []
     vals, idx = E.flatten().topk(k)
     T = W.shape[-1]
-    return [(int(i) // T, int(i) % T, float(v)) for v, i in zip(vals, idx)]
+    return [(int(i) // T, int(i) % T, float(v)) for v, i in zip(vals, idx, strict=True)]
 
 
 def score_pairs(

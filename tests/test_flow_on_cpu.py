@@ -77,7 +77,7 @@ def test_vector(path, dtype):
     tolerant = set()
     if dtype == torch.float32 and d["name"] not in ("04_tau_ties", "08_chain_answer_last"):
         tolerant = _close_to_threshold(e["tau"], e["k_sel"], d["response"])
-    for p, (x, y) in enumerate(zip(got, e["mask"])):
+    for p, (x, y) in enumerate(zip(got, e["mask"], strict=True)):
         assert x == y or p in tolerant, f"mask differs at {p}"
     if not tolerant:
         assert res.mask[0].nonzero()[:, 0].tolist() == e["selected_positions"]

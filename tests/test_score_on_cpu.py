@@ -45,9 +45,9 @@ def test_score_pairs_matches_trace_flow_and_edges():
     assert 0 < sum(a.selected) <= a.k_sel
     assert not any(b.selected) and set(b.weights) == {1.0}
     # question tokens spell the question; response tokens spell the response (+ EOS)
-    q = "".join(t for t, m in zip(a.tokens, a.question) if m)
+    q = "".join(t for t, m in zip(a.tokens, a.question, strict=True) if m)
     assert q == "What is 2+3?"
-    resp = "".join(t for t, s in zip(a.tokens, a.segment) if s == "response")
+    resp = "".join(t for t, s in zip(a.tokens, a.segment, strict=True) if s == "response")
     assert resp.startswith("2+3 = 5, so \\boxed{5}.")
     # batch of 2 (padded) equals scoring alone
     alone = score_pairs(model, tok, pairs[:1], top_edges=5, batch_size=1)[0]

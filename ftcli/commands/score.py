@@ -51,7 +51,6 @@ def score(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-token view in the terminal."),
 ):
     """Compute FlowTracer token credit for responses and show it token by token."""
-    import torch
     from rich.console import Console
     from rich.progress import Progress
 
