@@ -32,7 +32,10 @@ ALIASES = {
     "smollm2-135m": "smollm2-135m-instruct",
     "smollm2-135m-instruct": "smollm2-135m-instruct",
     "smollm2": "smollm2-135m-instruct",
+    "default-policy": "default-policy",
 }
+# The shipped small Qwen3 Countdown policy (ftcli/policy.py builds it; RECIPE.md inside).
+DEFAULT_POLICY_DIR = Path(__file__).resolve().parent / "assets" / "default-policy"
 TINY = ("tiny-qwen3", "tiny-llama")
 
 CHAT_TEMPLATE = (
@@ -183,6 +186,10 @@ def resolve_model(name: str | None) -> str:
     key = ALIASES.get(name.lower())
     if key == "smollm2-135m-instruct":
         return str(ensure_smollm2())
+    if key == "default-policy":
+        if not (DEFAULT_POLICY_DIR / "config.json").is_file():
+            raise ModelError(f"{DEFAULT_POLICY_DIR} is missing; rebuild it with `ft sft --out {DEFAULT_POLICY_DIR}`")
+        return str(DEFAULT_POLICY_DIR)
     p = Path(name).expanduser()
     if p.exists():
         if not (p / "config.json").is_file():
