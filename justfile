@@ -49,6 +49,10 @@ bench: setup
     {{python}} bench/bench_capture.py
     {{python}} bench/bench_overhead.py
 
+# Rebuild the embedded default policy (small Qwen3 warm-started on Countdown solver traces).
+default-policy: setup
+    ft sft --out ftcli/assets/default-policy
+
 lint:
     {{python}} -m ruff check ftcli tasks evals tests bench
 
