@@ -136,17 +136,9 @@ def _guard_settings(out: Path, settings: dict, ignore: Sequence[str] = ()) -> No
 
 
 def _progress(console, enabled: bool):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from ftcli.progress import progress_bar
 
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not enabled)
+    return progress_bar("[bold]{task.description}", console=console, disable=not enabled)
 
 
 def _console(console):
@@ -1136,9 +1128,8 @@ def run_sweep(cfg: SweepConfig, variants: Sequence[Variant], *, console=None,
     """Train and evaluate every variant x seed; write results.json, results.csv, curves.png and
     bars.png under cfg.out; return the results. Finished trainings (final checkpoint with all
     steps) and evaluations are reused; an interrupted training resumes from its checkpoint."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from ftcli.evaluate import evaluate
+    from ftcli.progress import progress_bar
     from ftcli.trainer import resolve_config, train
 
     train_fn = train_fn or train
@@ -1178,8 +1169,8 @@ def run_sweep(cfg: SweepConfig, variants: Sequence[Variant], *, console=None,
             run_dir = run_dir.resolve()  # a run shared by symlink is evaluated under its own path
             eval_dir = run_dir / "eval" / Path(suite).stem
             console.print(f"{head}: evaluating on {suite}" + (f" (first {cfg.eval_limit})" if cfg.eval_limit else ""))
-            with Progress(TextColumn("[bold]eval[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
-                          TimeElapsedColumn(), console=console, disable=not cfg.progress, transient=True) as prog:
+            with progress_bar("[bold]eval[/] {task.description}", console=console,
+                              disable=not cfg.progress, transient=True) as prog:
                 doc, _ = eval_fn(suite, ckpt=f"{run_dir}:final", out=eval_dir, limit=cfg.eval_limit,
                                  batch_size=cfg.eval_batch_size, overrides=eval_over, progress=prog)
             results_rows.append({

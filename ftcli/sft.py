@@ -259,19 +259,11 @@ class _Bar:
     """A rich progress bar: step, loss, lr, tokens/s, elapsed and remaining time."""
 
     def __init__(self, total: int, console=None):
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from ftcli.progress import progress_bar
 
-        self.p = Progress(
-            TextColumn("[bold]sft"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.3f}  lr {task.fields[lr]:.2e}  {task.fields[tps]:.0f} tok/s"),
-            TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
+        self.p = progress_bar(
+            "[bold]sft", "loss {task.fields[loss]:.3f}  lr {task.fields[lr]:.2e}  {task.fields[tps]:.0f} tok/s",
+            console=console,
         )
         self.p.start()
         self.t = self.p.add_task("sft", total=total, loss=float("nan"), lr=0.0, tps=0.0)

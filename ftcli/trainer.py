@@ -955,20 +955,12 @@ class Trainer:
     def run(self) -> Path:
         start = self._setup()
         cfg = self.cfg
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from ftcli.progress import progress_bar
 
-        progress = Progress(
-            TextColumn("[bold]train[/] {task.fields[credit]}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("reward {task.fields[reward]}  acc {task.fields[acc]}  {task.fields[extra]}"),
-            TimeElapsedColumn(), TimeRemainingColumn(),
-            console=self.console, disable=not (self.is_main and cfg.progress), transient=False,
+        progress = progress_bar(
+            "[bold]train[/] {task.fields[credit]}",
+            "reward {task.fields[reward]}  acc {task.fields[acc]}  {task.fields[extra]}",
+            console=self.console, disable=not (self.is_main and cfg.progress),
         )
         self.completed = start
         try:

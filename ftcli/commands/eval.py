@@ -69,16 +69,9 @@ def run(
     """Evaluate on SUITE; writes samples.jsonl and results.json (resumes if interrupted)."""
     import torch
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
 
     from ftcli.evaluate import evaluate, load_suite, results_table
+    from ftcli.progress import progress_bar
 
     load_suite(suite)  # fail fast on an unknown suite (lists the known ones)
     if device is None:
@@ -88,9 +81,7 @@ def run(
     console = Console()
     overrides = dict(n=n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                      top_k=top_k, seed=seed)
-    cols = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("samples"),
-            TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*cols, console=console, disable=quiet, transient=False) as prog:
+    with progress_bar("{task.description}", "samples", console=console, disable=quiet) as prog:
         doc, path = evaluate(suite, model=model, ckpt=ckpt, out=out, limit=limit, batch_size=batch_size,
                              backend=backend, device=device, dtype=dtype, overrides=overrides,
                              progress=prog)

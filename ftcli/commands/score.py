@@ -52,10 +52,10 @@ def score(
 ):
     """Compute FlowTracer token credit for responses and show it token by token."""
     from rich.console import Console
-    from rich.progress import Progress
 
     from ftcli.io import atomic_write_text
     from ftcli.models import load_model
+    from ftcli.progress import progress_bar
     from ftcli.render import render_html, render_terminal
     from ftcli.scoring import score_pairs
 
@@ -70,7 +70,7 @@ def score(
     console = Console()
     mdl, tok = load_model(model)
     settings = {"model": model, "layers": layers, "ratio": ratio, "gamma": gamma, "answer_pattern": answer_pattern}
-    with Progress(console=console, transient=True, disable=len(pairs) <= batch_size) as prog:
+    with progress_bar("scoring", console=console, transient=True, disable=len(pairs) <= batch_size) as prog:
         task = prog.add_task("scoring", total=len(pairs))
         items = score_pairs(
             mdl, tok, pairs, layers=layers, ratio=ratio, gamma=gamma, answer_pattern=answer_pattern,
