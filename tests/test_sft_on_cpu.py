@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -20,6 +21,7 @@ from ftcli.policy import (
     countdown_trace,
     new_policy_model,
     parse_expression,
+    round_to_fp16,
     save_policy,
     train_tokenizer,
 )
@@ -46,7 +48,7 @@ def tok(examples):
 # ---------------------------------------------------------------------------------------------
 def test_traces_score_one_with_the_countdown_verifier(task, examples):
     samples = task.load("train")[:120]
-    assert len(examples) == 120  # one trace per problem (all are solvable)
+    assert 115 <= len(examples) <= 120  # one trace per problem (a rare one has only negative-step solutions)
     by_problem = {(tuple(s["numbers"]), s["target"]): s for s in samples}
     for ex in examples:
         s = by_problem[(tuple(ex.meta["numbers"]), ex.meta["target"])]
@@ -57,8 +59,10 @@ def test_traces_score_one_with_the_countdown_verifier(task, examples):
         assert answer.startswith("<answer>") and answer.endswith("</answer>")
         lines = body.strip("\n").split("\n")
         assert 1 <= len(lines) <= 4
-        for line in lines:  # each try: `a op b = v` steps, one per combination of two values
-            assert len(line.split(", ")) == len(s["numbers"]) - 1
+        for line in lines:  # each try: `a op b = v [values left]` steps, the last without a list
+            steps = line.split("; ")
+            assert len(steps) == len(s["numbers"]) - 1
+            assert all(" [" in st for st in steps[:-1]) and "[" not in steps[-1]
         assert lines[-1].endswith(f"= {s['target']}")
         assert all(not ln.endswith(f"= {s['target']}") for ln in lines[:-1])
 
@@ -145,9 +149,17 @@ def test_saved_policy_reloads_and_generates(tok, examples, tmp_path):
     from ftcli.models import load_model
 
     model = new_policy_model(tok, "micro", seed=0)
-    out = save_policy(model, tok, tmp_path / "pol", extra_files={"RECIPE.md": "x\n"})
+    round_to_fp16(model)
+    out = save_policy(model, tok, tmp_path / "pol", extra_files={"RECIPE.md": "x\n"}, store_fp16=True)
     m2, t2 = load_model(str(out))
     assert type(m2).__name__ == "Qwen3ForCausalLM" and (out / "RECIPE.md").is_file()
+    # float16 storage, float32 model: the reload is exactly the saved model
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model.safetensors"), "pt") as fh:
+        assert all(fh.get_tensor(k).dtype == torch.float16 for k in fh.keys())
+    for (k, a), b in zip(model.state_dict().items(), m2.state_dict().values(), strict=True):
+        assert b.dtype == torch.float32 and torch.equal(a, b), k
     roll = generate(m2, t2, [examples[0].prompt], max_new_tokens=5, temperature=1.0, seed=0)[0][0]
     assert len(roll.response_ids) <= 5 and len(roll.response_offsets) == len(roll.response_ids)
 
@@ -155,8 +167,8 @@ def test_saved_policy_reloads_and_generates(tok, examples, tmp_path):
 # ---------------------------------------------------------------------------------------------
 # The shipped default policy
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.skipif(not (DEFAULT_POLICY_DIR / "model.safetensors").is_file(), reason="default policy not built")
 def test_default_policy_loads_and_answers(task):
+    """The shipped checkpoint (in the repository: a missing one is a failure, not a skip)."""
     from ftcli.models import load_model, resolve_model
 
     assert resolve_model("default-policy") == str(DEFAULT_POLICY_DIR)
@@ -164,9 +176,22 @@ def test_default_policy_loads_and_answers(task):
     assert type(model).__name__ == "Qwen3ForCausalLM"
     assert sum(p.numel() for p in model.parameters()) < 20_000_000
     assert (DEFAULT_POLICY_DIR / "RECIPE.md").is_file()
-    samples = task.load("test")[:8]
+    assert (DEFAULT_POLICY_DIR / "model.safetensors").stat().st_size < 16_000_000
+    # eager attention (what the flow credit captures) works on the shipped model
+    eager, _ = load_model("default-policy", attn_implementation="eager")
+    ids = tok("<|im_start|>user\nhi<|im_end|>", return_tensors="pt")["input_ids"]
+    att = eager(ids, output_attentions=True).attentions
+    assert len(att) == eager.config.num_hidden_layers
+    assert att[0].shape == (1, eager.config.num_attention_heads, ids.shape[1], ids.shape[1])
+    samples = task.load("test")[:64]
     prompts = [render_prompt(tok, task.prompt(s), task.assistant_prefix(s)) for s in samples]
     outs = generate(model, tok, prompts, max_new_tokens=192, temperature=0.0)
+    # RECIPE.md: 27.1% greedy on the 1024 test problems; these 64 are a sample of them
+    solved = sum(task.reward(r.response_text, s) == 1.0 for s, (r,) in zip(samples, outs, strict=True))
+    assert 0.12 <= solved / len(samples) <= 0.5, solved
+    report = json.loads((DEFAULT_POLICY_DIR / "sft_report.json").read_text())
+    assert 0.2 <= report["eval"]["greedy"]["accuracy"] <= 0.5
+    samples, outs = samples[:8], outs[:8]
     well_formed = 0
     for s, (r,) in zip(samples, outs, strict=True):
         text = r.response_text
@@ -208,11 +233,11 @@ def test_ft_sft_command_writes_a_loadable_checkpoint(tmp_path):
     out = tmp_path / "pol"
     res = CliRunner().invoke(app, ["sft", "--out", str(out), "--size", "micro", "--steps", "3", "--batch-size", "4",
                                    "--problems", "12", "--eval-split", "validation", "--eval-problems", "2",
-                                   "--engine", "torch", "--quiet"])
+                                   "--engine", "torch", "--eval-temperatures", "0,1", "--quiet"])
     assert res.exit_code == 0, res.output
     report = json.loads((out / "sft_report.json").read_text())
     assert report["recipe"]["steps"] == 3 and report["train_traces"] == 24
-    assert set(report["eval"]) == {"greedy", "sampled"}
+    assert set(report["eval"]) == {"greedy", "T=1"}
     assert "Accuracy on the `validation` split" in (out / "RECIPE.md").read_text()
     model, tok = load_model(str(out))
     assert type(model).__name__ == "Qwen3ForCausalLM"

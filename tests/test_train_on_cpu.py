@@ -56,7 +56,7 @@ _ns: dict = {}
 exec(TOY_TASK, _ns)
 ToyTask = _ns["ToyTask"]
 
-SMALL = dict(model="tiny-qwen3", prompts=2, group_size=4, micro_batch=4, max_new_tokens=16,
+SMALL = dict(model="tiny-qwen3", prompts=2, group_size=4, micro_batch=4, max_new_tokens=16, val_every=0,
              lr=1e-3, progress=False, log_samples=2)
 
 
@@ -187,12 +187,13 @@ def test_run_dir_resume_and_ctrl_c(tmp_path):
     assert cfg["credit"] == "flow" and cfg["deepspeed"]["zero_optimization"]["stage"] == 0
     assert cfg["world_size"] == 1 and "versions" in cfg
     m = _metrics(full)
-    assert [r["step"] for r in m] == [1, 2, 3, 4]
+    assert [r["step"] for r in m] == [0, 1, 2, 3, 4]
+    assert set(m[0]) == {"step", "val_accuracy"}  # the starting policy, validated before step 1
     for key in ("reward_mean", "reward_std", "accuracy", "response_len", "frac_credited", "no_answer",
                 "loss", "grad_norm", "clip_frac"):
-        assert key in m[0]
-    assert "val_accuracy" in m[1] and "val_accuracy" in m[3] and "val_accuracy" not in m[0]
-    row = json.loads((full / "metrics.jsonl").read_text().splitlines()[0])
+        assert key in m[1]
+    assert "val_accuracy" in m[2] and "val_accuracy" in m[4] and "val_accuracy" not in m[1]
+    row = json.loads((full / "metrics.jsonl").read_text().splitlines()[1])
     assert all(f"time_{k}" in row for k in ("gen", "credit", "fwd_bwd", "optim", "step"))
     assert sorted(p.name for p in (full / "checkpoints").iterdir()) == ["final", "step_000002", "step_000004"]
     ck = full / "checkpoints" / "step_000004"
@@ -208,7 +209,7 @@ def test_run_dir_resume_and_ctrl_c(tmp_path):
              save_every=0, val_every=2, val_size=4)
     cut = tmp_path / "cut"
     assert [p.name for p in (cut / "checkpoints").iterdir() if p.name.startswith("step")] == ["step_000002"]
-    assert [r["step"] for r in _metrics(cut)] == [1, 2]
+    assert [r["step"] for r in _metrics(cut)] == [0, 1, 2]
     with pytest.raises(ValueError, match="--resume"):
         _run(tmp_path, "cut", credit="flow", steps=4, save_every=0, val_every=2, val_size=4)
     _run(tmp_path, "cut", resume=True, credit="flow", steps=4, save_every=0, val_every=2, val_size=4)
@@ -253,6 +254,42 @@ def test_presets_and_cli_help():
 
     res = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
     assert "--credit-pass" in res.output and "--zero-stage" in res.output and "--preset" in res.output
+
+
+def test_cpu_defaults_train_the_default_policy():
+    cfg = resolve_config()
+    assert (cfg.model, cfg.task, cfg.credit, cfg.train_size, cfg.val_every) == ("default-policy", "countdown", "flow", 32, 10)
+    assert resolve_config("paper").train_size == 0  # the paper trains on the whole split
+    with pytest.raises(ValueError, match="train-size"):
+        resolve_config(train_size=-1)
+
+
+def test_cli_train_end_to_end(tmp_path):
+    """`ft train` through Typer's runner on Countdown: the starting policy is validated (step 0),
+    the pool of --train-size problems is the one trained on, the summary line is printed."""
+    from typer.testing import CliRunner
+
+    from ftcli.cli import app
+
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, [
+        "train", "--model", "tiny-qwen3", "--task", "countdown", "--credit", "flow", "--steps", "2",
+        "--prompts", "2", "--group-size", "2", "--max-new-tokens", "8", "--train-size", "2",
+        "--val-every", "1", "--val-size", "3", "--out", str(out)], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "done: 2 steps" in res.output and "val accuracy" in res.output
+    rows = _metrics(out)
+    assert [r["step"] for r in rows] == [0, 1, 2] and "val_accuracy" in rows[0] and "val_accuracy" in rows[2]
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["train_size"] == 2 and cfg["model"] == "tiny-qwen3"
+    # both steps drew their 2 prompts from the first 2 training problems
+    from ftcli.tasks import get_task
+
+    pool = {str(s["id"]) for s in get_task("countdown").load("train")[:2]}
+    seen = {str(json.loads(x)["id"]) for x in (out / "samples.jsonl").read_text().splitlines()}
+    assert seen and seen <= pool, (seen, pool)
+    bad = CliRunner().invoke(app, ["train", "--train-size", "-3", "--out", str(tmp_path / "bad")])
+    assert bad.exit_code != 0 and "train-size" in bad.output
 
 
 WORKER = TOY_TASK + textwrap.dedent(

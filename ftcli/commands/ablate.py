@@ -32,7 +32,7 @@ EPILOG = """Examples:
 
   ft ablate weighting --weightings raw,tanh,sigmoid,mad,log1p,mass
 
-  ft ablate credit --rules none,random,entropy,attention,flow --steps 20
+  ft ablate credit --rules none,random,entropy,attention,flow --steps 20 --seeds 0,1,2 --jobs 2
 """
 
 ablate_app = typer.Typer(
@@ -142,6 +142,7 @@ def _common_sweep_params() -> list[inspect.Parameter]:
         _p("eval_batch_size", int, typer.Option(16, "--eval-batch-size", min=1, help="Sequences per generate call.", rich_help_panel=E)),
         _p("out", Optional[Path], typer.Option(None, "--out", "-o", help="Output folder (default runs/ablate/<name>).")),  # noqa: UP045
         _p("quiet", bool, typer.Option(False, "--quiet", "-q", help="No progress bars.")),
+        _p("jobs", int, typer.Option(1, "--jobs", "-j", min=1, help="Runs trained and evaluated at once, each in its own process with one torch thread (results do not depend on it).")),
     ]
 
 
@@ -172,11 +173,12 @@ def _run_sweep(name: str, kw: dict, variants_fn, pivot=None) -> None:
     from ftcli.ablate import BASELINE, run_sweep, sweep_table
 
     baseline = kw.pop("baseline")
+    jobs = kw.pop("jobs", 1)
     cfg = _sweep_config(name, kw)
     variants = variants_fn(kw, cfg)
     if baseline and not any(v.baseline for v in variants):
         variants = [BASELINE, *variants]
-    res = run_sweep(cfg, variants, console=Console(stderr=True))
+    res = run_sweep(cfg, variants, console=Console(stderr=True), jobs=jobs)
     con = _console()
     con.print(sweep_table(res))
     if pivot is not None:
@@ -428,7 +430,8 @@ def tokens_cmd(
     kw = dict(model=model, task=train_task, steps=steps, prompts=None, group_size=None, max_new_tokens=None,
               lr=None, preset="cpu", set_=set_, seeds=seeds, baseline=True, eval_suite=eval_suite,
               eval_limit=eval_limit, eval_n=None, eval_temperature=None, eval_max_new_tokens=None,
-              eval_batch_size=16, out=Path(cfg.out) / "train", quiet=quiet)
+              eval_batch_size=16, out=Path(cfg.out) / "train", quiet=quiet,
+              jobs=1)  # the token-class rules live in this process's registry
     mdl_name = model
     if mdl_name is None:
         from ftcli.trainer import TrainConfig

@@ -35,6 +35,7 @@ def sft(
     engine: str = typer.Option(R.engine, help="torch (AdamW) | deepspeed (ZeRO-0 engine, same update)."),
     eval_split: str = typer.Option(R.eval_split, help="Split the accuracy is measured on: validation | test."),
     eval_problems: int = typer.Option(None, min=1, help="Evaluate on the first N problems of the split (default: all)."),
+    eval_temperatures: str = typer.Option(",".join(f"{t:g}" for t in R.eval_temperatures), help="Comma-separated sampling temperatures to measure (0 = greedy)."),
     no_eval: bool = typer.Option(False, "--no-eval", help="Skip the accuracy measurement."),
     threads: int = typer.Option(1, min=1, help="torch threads (1 keeps the build bit-reproducible)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing checkpoint in --out."),
@@ -55,11 +56,16 @@ def sft(
     if out.exists() and any(out.iterdir()) and not force:
         raise typer.BadParameter(f"{out} is not empty (pass --force to replace it)", param_hint="--out")
     torch.set_num_threads(threads)
+    try:
+        temps = tuple(float(t) for t in eval_temperatures.split(",") if t.strip())
+    except ValueError:
+        raise typer.BadParameter("comma-separated numbers, e.g. 0,1", param_hint="--eval-temperatures") from None
     console = Console(stderr=True)
     recipe = replace(
         R, seed=seed, size=size, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=min(warmup_steps, steps),
         weight_decay=weight_decay, problems=problems, traces_per_problem=traces_per_problem,
         vocab_size=vocab_size, engine=engine, eval_split=eval_split, eval_problems=eval_problems,
+        eval_temperatures=temps,
     )
     report = build_policy(out, recipe, progress=not quiet, console=console, evaluate=not no_eval,
                           log=lambda m: console.print(m))

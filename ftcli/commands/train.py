@@ -120,16 +120,23 @@ def _summary(console, run_dir: Path, cfg) -> None:
     if os.environ.get("RANK", "0") != "0" or not cfg.progress:
         return
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    vals = [r["val_accuracy"] for r in rows if "val_accuracy" in r]
+    rows = [r for r in rows if "reward_mean" in r]  # training steps (step 0 holds only a validation)
     if not rows:
         return
-    last, first = rows[-1], rows[0]
-    vals = [r["val_accuracy"] for r in rows if "val_accuracy" in r]
+    k = max(1, min(5, len(rows) // 3))  # single steps are noisy: compare the first and last k
+
+    def mean(key, rs):
+        return sum(r[key] for r in rs) / len(rs)
+
+    head, tail = rows[:k], rows[-k:]
     msg = (
-        f"[bold]done[/]: {len(rows)} steps, reward {first['reward_mean']:.3f} -> {last['reward_mean']:.3f}, "
-        f"accuracy {first['accuracy']:.3f} -> {last['accuracy']:.3f}"
+        f"[bold]done[/]: {len(rows)} steps, reward {mean('reward_mean', head):.3f} -> {mean('reward_mean', tail):.3f}, "
+        f"accuracy {mean('accuracy', head):.3f} -> {mean('accuracy', tail):.3f}"
+        + (f" (means of the first and last {k} steps)" if k > 1 else "")
     )
     if vals:
-        msg += f", val accuracy {vals[-1]:.3f} (best {max(vals):.3f})"
+        msg += f", val accuracy {vals[0]:.3f} -> {vals[-1]:.3f} (best {max(vals):.3f})"
     console.print(msg)
     console.print(f"run: {run_dir}  (metrics.jsonl, samples.jsonl, checkpoints/final)")
 

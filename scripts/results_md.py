@@ -1,0 +1,95 @@
+#!/usr/bin/env python
+"""Markdown tables of finished `ft ablate` results (for RESULTS.md): one table per folder.
+
+Usage: python scripts/results_md.py runs/ablate/table3 runs/ablate/table5 ... [--paper KEY=VALUE ...]
+
+A sweep folder (results.json of `ft ablate credit|ratio|gamma|layers|weighting`) gives one row
+per variant: test accuracy mean ± std over seeds, the seeds' values, the change against GRPO,
+the mean training reward of the last 3 steps, and seconds per step. An intervention folder
+(`ft ablate intervene`) gives the Table 1 layout with counts and Wilson intervals.
+`--paper LABEL=NUMBER` adds the paper's number to the row of that variant label.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def _pct(x, nd: int = 1) -> str:
+    return "—" if x is None else f"{100 * x:.{nd}f}"
+
+
+def sweep_md(res: dict, paper: dict[str, str]) -> str:
+    s = res["settings"]
+    bench = next(iter(res["benchmarks"]))
+    meta = res["benchmarks"][bench]
+    lines = [
+        f"**{res['experiment']}** · model `{s['model']}` · task {s['task']}, {s['steps']} steps · "
+        f"seeds {', '.join(map(str, s['seeds']))} · eval {meta.get('label', bench)} {meta['metric']}, "
+        f"first {s['eval_limit']} test problems · {res.get('seconds', '?')} s for the runs not reused",
+        "",
+        "| variant | test accuracy % (mean ± std) | per seed | Δ vs GRPO | train reward (last 3 steps) | s/step | paper |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for v in res["variants"]:
+        a = v["avg"]
+        seeds = " / ".join(_pct(r["avg"]) for r in v["seeds"])
+        d = v.get("delta_vs_baseline")
+        delta = "" if d is None or v["baseline"] else f"{100 * d:+.1f}"
+        rew, sps = v["train"].get("reward_last"), v["train"].get("time_step")
+        rew = "—" if rew is None else f"{rew:.3f}"
+        sps = "—" if sps is None else f"{sps:.1f}"
+        lines.append(f"| {v['label']} | {_pct(a['mean'])} ± {_pct(a['std'])} | {seeds} | {delta} | {rew} | {sps} | "
+                     f"{paper.get(v['label'], '—')} |")
+    return "\n".join(lines)
+
+
+def intervene_md(res: dict) -> str:
+    st = res["settings"]
+    acc = res["original_accuracy"]
+    lines = [
+        f"**Table 1 (causal intervention)** · model `{st['model']}` · task {st['task']} ({st['split']}) · "
+        f"{res['used']} problems with an answer (of {res['problems']} run) · original accuracy "
+        f"{_pct(acc['rate'])}% ({acc['k']}/{acc['n']})",
+        "",
+        "| blocked 20% | mean k | answer change % [95% CI] (k/n) | correctness reversal % [95% CI] (k/n) "
+        "| correct→wrong | wrong→correct | paper (change / reversal) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def cell(p):
+        return f"{_pct(p['rate'])} [{_pct(p['ci'][0])}, {_pct(p['ci'][1])}] ({p['k']}/{p['n']})"
+
+    paper = res.get("paper", {})
+    for arm in ("top", "random", "bottom", "none"):
+        a = res["arms"].get(arm)
+        if not a:
+            continue
+        pp = paper.get(arm)
+        lines.append(f"| {a.get('label', arm)} | {a.get('mean_blocked', 0):.1f} | {cell(a['changed'])} | "
+                     f"{cell(a['reversed'])} | {a['correct_to_wrong']['k']}/{a['correct_to_wrong']['n']} | "
+                     f"{a['wrong_to_correct']['k']}/{a['wrong_to_correct']['n']} | "
+                     f"{'—' if not pp else f'{pp[0]} / {pp[1]}'} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+    paper: dict[str, str] = {}
+    folders = []
+    it = iter(argv)
+    for a in it:
+        if a == "--paper":
+            k, _, v = next(it).partition("=")
+            paper[k] = v
+        else:
+            folders.append(Path(a))
+    for f in folders:
+        res = json.loads((f / "results.json").read_text(encoding="utf-8"))
+        print(sweep_md(res, paper) if "variants" in res else intervene_md(res))
+        print()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
