@@ -299,6 +299,7 @@ class InterveneConfig:
     temperature: float = 0.0
     seed: int = 0
     slack: int = 16
+    keep_truncated: bool = False  # smoke runs with random models, which never finish
     batch_size: int = 8
     out: str = "runs/ablate/intervene"
 
@@ -306,7 +307,9 @@ class InterveneConfig:
 INTERVENE_PROTOCOL = """\
 1. Original: the prompt is the task's chat prompt; the response is generated once with
    --temperature (0 = greedy; else seeded sampling) and at most --max-new-tokens tokens.
-   Problems whose response has no answer span (task.answer_span) are skipped and counted.
+   Problems whose response has no answer span (task.answer_span), or did not finish within
+   --max-new-tokens (a truncated response has no final answer, only its last number), are
+   skipped and counted.
 2. Flow: one teacher-forced forward over prompt + original response gives W (--layers);
    trace_flow with Q = the question, A = the answer-span tokens, R = the response gives tau.
 3. Candidates: the reasoning tokens, i.e. response tokens before the first answer token (n).
@@ -360,6 +363,8 @@ def _intervene_problem(model, tok, task, sample, prompt: _Prompt, ro, amask: lis
     answer0, correct0 = _grade(task, ro.response_text, sample)
     rec["original"] = {"response": ro.response_text, "answer": answer0, "correct": correct0,
                        "tokens": len(ro.response_ids), "finished": ro.finished}
+    if not ro.finished and not cfg.keep_truncated:
+        return {**rec, "status": "truncated"}
     if answer0 is None or not any(amask):
         return {**rec, "status": "no_answer"}
     if flow["fallback"]:
@@ -399,12 +404,20 @@ def _intervene_problem(model, tok, task, sample, prompt: _Prompt, ro, amask: lis
     return rec
 
 
-def summarize_intervention(records: Sequence[dict], ratio: float = 0.2) -> dict:
-    """Per-arm counts, rates and Wilson intervals over the problems with status ok."""
-    ok = [r for r in records if r.get("status") == "ok"]
+def summarize_intervention(records: Sequence[dict], ratio: float = 0.2, keep_truncated: bool = False) -> dict:
+    """Per-arm counts, rates and Wilson intervals over the problems with status ok (unless
+    `keep_truncated`, a record whose original response did not finish counts as truncated,
+    also when an older version stored it as ok)."""
+
+    def status_of(r):
+        st = r.get("status", "?")
+        cut = st == "ok" and not r["original"].get("finished", True) and not keep_truncated
+        return "truncated" if cut else st
+
+    ok = [r for r in records if status_of(r) == "ok"]
     status: dict[str, int] = {}
     for r in records:
-        status[r.get("status", "?")] = status.get(r.get("status", "?"), 0) + 1
+        status[status_of(r)] = status.get(status_of(r), 0) + 1
     n0_correct = sum(bool(r["original"]["correct"]) for r in ok)
     arms = {}
     for arm in ARMS:
@@ -461,7 +474,7 @@ def intervene(cfg: InterveneConfig, *, console=None, progress: bool = True, mode
                     done[rec["id"]] = rec
                     prog.advance(bar)
     records = [done[str(s["id"])] for s in samples if str(s["id"]) in done]
-    summary = summarize_intervention(records, cfg.ratio)
+    summary = summarize_intervention(records, cfg.ratio, cfg.keep_truncated)
     results = {"experiment": "intervene", "table": "Table 1", "settings": settings,
                "protocol": INTERVENE_PROTOCOL, "paper": PAPER_TABLE1, **summary}
     atomic_write_json(out / "results.json", results)

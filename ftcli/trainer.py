@@ -125,7 +125,7 @@ class TrainConfig:
     # evaluation, logging, checkpoints
     val_every: int = _opt(10, "Validate before training, every N steps and at the end (0 = never).", "Logging")
     val_size: int = _opt(200, "Validation problems (the first N of the task's validation split).", "Logging")
-    val_temperature: float = _opt(1.0, "Validation sampling temperature (default: that of the rollouts, so it measures the policy being trained; 0 = greedy). Seeded: every validation draws the same random numbers.", "Logging")
+    val_temperature: float | None = _opt(None, "Validation sampling temperature (default: --temperature, so it measures the policy being trained; 0 = greedy). Seeded: every validation draws the same random numbers.", "Logging")
     save_every: int | None = _opt(None, "Checkpoint every N steps (default: --val-every; the last step always).", "Logging")
     keep_last: int = _opt(2, "Step checkpoints kept (plus the best-validation one).", "Logging")
     log_samples: int = _opt(2, "Responses per step written to samples.jsonl.", "Logging")
@@ -143,6 +143,8 @@ class TrainConfig:
             raise ValueError(f"--credit-pass must be one of {', '.join(CREDIT_PASSES)}")
         if self.zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"--zero-stage must be 0-3, got {self.zero_stage}")
+        if self.val_temperature is not None and self.val_temperature < 0:
+            raise ValueError("--val-temperature must be >= 0 (0 = greedy)")
         if self.train_size < 0:
             raise ValueError("--train-size must be >= 0 (0 = the whole train split)")
         for name in ("steps", "prompts", "group_size", "micro_batch", "mini_batches", "max_new_tokens", "gen_batch_size"):
@@ -178,7 +180,7 @@ PRESETS: dict[str, dict] = {
         prompts=64, group_size=8, micro_batch=32, lr=1e-6, temperature=0.99, top_p=1.0, top_k=100,
         max_new_tokens=1024, gamma=1.5, ratio=0.4, layers="mid", steps=500, zero_stage=2,
         kl_coef=0.0, entropy_coef=0.0, grad_clip=1.0, gen_batch_size=64, val_every=25,
-        val_size=256, val_temperature=0.99, keep_last=2, train_size=0,
+        val_size=256, keep_last=2, train_size=0,
     ),
 }
 
@@ -808,7 +810,8 @@ class Trainer:
         correct = 0
         if mine:
             texts = [self._render(s) for s in mine]
-            groups = self._generate(texts, 1, cfg.val_temperature, _derive_seed(cfg.seed, "val"), cfg.max_new_tokens)
+            temp = cfg.temperature if cfg.val_temperature is None else cfg.val_temperature
+            groups = self._generate(texts, 1, temp, _derive_seed(cfg.seed, "val"), cfg.max_new_tokens)
             correct = sum(bool(self.task.verify(g[0].response_text, s)) for s, g in zip(mine, groups, strict=True))
         c, n = self._all_sum([correct, len(mine)])
         return c / max(n, 1.0)

@@ -225,7 +225,11 @@ def _ok(res):
 def test_cli_intervene(toy, tmp_path, monkeypatch):
     out = tmp_path / "int"
     args = ["ablate", "intervene", "--model", "tiny-qwen3", "--task", toy, "--n", "3", "--ratio", "0.25",
-            "--max-new-tokens", "12", "--batch-size", "1", "--out", str(out), "-q"]
+            "--max-new-tokens", "12", "--batch-size", "1", "--out", str(out), "-q", "--keep-truncated"]
+    # a random model never finishes: by default its truncated responses are skipped, not used
+    cut = _ok(runner.invoke(app, [*args[:-4], "--out", str(tmp_path / "cut"), "-q"]))
+    res = json.loads((tmp_path / "cut" / "results.json").read_text())
+    assert res["used"] == 0 and res["status"] == {"truncated": 3} and "truncated" in cut
     text = _ok(runner.invoke(app, args))
     assert "Table 1" in text and "Top-25% flow" in text and "No block (control)" in text
     res = json.loads((out / "results.json").read_text())
@@ -244,7 +248,7 @@ def test_cli_intervene(toy, tmp_path, monkeypatch):
 
     monkeypatch.setattr(gen, "generate", lambda *a, **k: pytest.fail("regenerated a finished problem"))
     _ok(runner.invoke(app, args))
-    bad = runner.invoke(app, [*args[:-3], "--ratio", "0.5", "--out", str(out)])
+    bad = runner.invoke(app, [*args[:-4], "--ratio", "0.5", "--out", str(out), "--keep-truncated"])
     assert bad.exit_code == 1 and "other settings (ratio)" in bad.output
 
 

@@ -333,6 +333,7 @@ def intervene_cmd(
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="Original response: 0 = greedy, else seeded sampling."),
     seed: int = typer.Option(0, "--seed", help="Seed of sampling and of the random arm."),
     slack: int = typer.Option(16, "--slack", min=0, help="Regeneration budget beyond the original answer tail (tokens)."),
+    keep_truncated: bool = typer.Option(False, "--keep-truncated", help="Also use problems whose original response hit --max-new-tokens (its answer is only its last number; for smoke runs with random models)."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", min=1),
     out: Path = typer.Option(None, "--out", "-o", help="Output folder (default runs/ablate/intervene)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -343,7 +344,7 @@ def intervene_cmd(
     from ftcli.models import DEFAULT_MODEL
 
     cfg = InterveneConfig(model=model or DEFAULT_MODEL, task=task, split=split, n=n, ratio=ratio, layers=layers,
-                          max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, slack=slack,
+                          max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, slack=slack, keep_truncated=keep_truncated,
                           batch_size=batch_size, out=_out(out, "intervene"))
     res = intervene(cfg, console=Console(stderr=True), progress=not quiet)
     con = _console()
