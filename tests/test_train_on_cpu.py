@@ -298,7 +298,7 @@ WORKER = TOY_TASK + textwrap.dedent(
     torch.set_num_threads(1)
     from ftcli.trainer import Trainer, resolve_config
     cfg = resolve_config(model="tiny-qwen3", prompts=2, group_size=4, micro_batch=int(sys.argv[3]),
-                         max_new_tokens=16, lr=1e-3, progress=False, credit="flow", steps=2,
+                         max_new_tokens=16, lr=1e-3, progress=False, credit="flow", steps=2, val_every=0,
                          zero_stage=int(sys.argv[2]), out=sys.argv[1])
     t = Trainer(cfg, task=ToyTask())
     t.run()
