@@ -912,7 +912,7 @@ class Trainer:
         cks = self._step_checkpoints()
         if not cks:
             self._print("[yellow]--resume: no checkpoint yet, starting from step 0[/]")
-            self._truncate_logs(0)
+            self._truncate_logs(-1)  # starts over: drop every row, the step-0 validation included
             return 0
         step, d = cks[-1]
         state = json.loads((d / "trainer_state.json").read_text())

@@ -340,3 +340,14 @@ def test_two_process_zero2_identical_weights(tmp_path):
     m2 = [json.loads(x) for x in (two / "metrics.jsonl").read_text().splitlines()]
     assert [r["reward_mean"] for r in m1] == pytest.approx([r["reward_mean"] for r in m2])
     _ = hashlib  # digest computed in the worker
+
+
+def test_resume_without_checkpoint_starts_over_cleanly(tmp_path):
+    """Interrupted before any checkpoint: --resume starts from step 0 and the log holds one
+    step-0 validation, not the old one plus a new one."""
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, "r", task=ToyTask(interrupt_at_call=3), credit="none", steps=2, save_every=0,
+             val_every=2, val_size=4)
+    assert [r["step"] for r in _metrics(tmp_path / "r")] == [0]
+    _run(tmp_path, "r", resume=True, credit="none", steps=2, save_every=0, val_every=2, val_size=4)
+    assert [r["step"] for r in _metrics(tmp_path / "r")] == [0, 1, 2]
