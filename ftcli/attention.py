@@ -37,7 +37,7 @@ DEFAULT_CHUNK = 256
 
 # One registered implementation name per mask family the wrapped kernel expects. Names must not
 # contain "flash" (transformers would try to import a flash kernel of that name) or "sdpa".
-_IMPL_FOR_FAMILY = {
+IMPL_FOR_FAMILY = {
     "sdpa": "ftcli_flow",  # 4D bool mask (True = attend) or None for the pure causal case
     "eager": "ftcli_flow_eager",  # 4D additive float mask (0 / dtype min), always materialised
     "varlen": "ftcli_flow_varlen",  # flash family: 2D padding mask [B, T] or None
@@ -309,12 +309,12 @@ class AttentionCapture:
         _register()
         model = self.model
         orig = model.config._attn_implementation
-        if orig in _IMPL_FOR_FAMILY.values():
+        if orig in IMPL_FOR_FAMILY.values():
             raise RuntimeError("an ftcli attention capture is already active on this model")
         self._orig = orig
         self._family, self._kernel = _kernel_for(orig)
         self._view_configs = {} if self._family == "varlen" else None
-        self._saved = _snapshot_impls(model)
+        self._saved = snapshot_impls(model)
         mods = [m for m in model.modules() if isinstance(getattr(m, "layer_idx", None), int)]
         if not mods:
             raise ValueError(f"{type(model).__name__} has no attention modules with a layer_idx")
@@ -323,8 +323,8 @@ class AttentionCapture:
                 setattr(m, _STATE_ATTR, self)
                 self._marked.append(m)
             self._hook = model.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
-            model.set_attn_implementation(_IMPL_FOR_FAMILY[self._family])
-            if model.config._attn_implementation != _IMPL_FOR_FAMILY[self._family]:
+            model.set_attn_implementation(IMPL_FOR_FAMILY[self._family])
+            if model.config._attn_implementation != IMPL_FOR_FAMILY[self._family]:
                 raise RuntimeError(
                     f"{type(model).__name__} refused attention implementation switching "
                     "(it does not use transformers' AttentionInterface)"
@@ -464,7 +464,7 @@ def _register() -> None:
     )
 
     builders = {"sdpa": sdpa_mask, "eager": eager_mask, "varlen": flash_attention_mask}
-    for family, name in _IMPL_FOR_FAMILY.items():
+    for family, name in IMPL_FOR_FAMILY.items():
         AttentionInterface.register(name, _attention_fn)
         AttentionMaskInterface.register(name, builders[family])
     _registered = True
@@ -477,11 +477,11 @@ def _kernel_for(orig: str | None) -> tuple[str, Callable]:
     if orig is not None and "flash" in orig and orig in ALL_ATTENTION_FUNCTIONS:
         return "varlen", ALL_ATTENTION_FUNCTIONS[orig]
     if orig == "eager":
-        return "eager", _eager_kernel
+        return "eager", eager_kernel
     return "sdpa", ALL_ATTENTION_FUNCTIONS["sdpa"]
 
 
-def _eager_kernel(module, query, key, value, attention_mask, **kwargs):
+def eager_kernel(module, query, key, value, attention_mask, **kwargs):
     """The model's own `eager_attention_forward` (from its modeling module)."""
     fn = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
     if fn is None:
@@ -489,7 +489,7 @@ def _eager_kernel(module, query, key, value, attention_mask, **kwargs):
     return fn(module, query, key, value, attention_mask, **kwargs)
 
 
-def _snapshot_impls(model) -> list:
+def snapshot_impls(model) -> list:
     """[(config, _attn_implementation_internal)] for the model config, its sub-configs and every
     sub-model's config; the first entry is the top-level config."""
     out, seen = [], set()

@@ -51,13 +51,7 @@ app = typer.Typer(
 )
 
 for _name in COMMAND_MODULES:
-    try:
-        _mod = importlib.import_module(f"ftcli.commands.{_name}")
-    except ModuleNotFoundError as _e:  # a command group not built yet
-        if _e.name != f"ftcli.commands.{_name}":
-            raise
-        continue
-    _mod.register(app)
+    importlib.import_module(f"ftcli.commands.{_name}").register(app)
 
 
 def main() -> None:

@@ -1,4 +1,10 @@
-"""Paths and settings shared by every command (data root, caches, debug switch)."""
+"""Paths and settings shared by every command (data root, caches, debug switch).
+
+The data root (where benchmark files are read from) is resolved in one order for every
+command: the command's `--data-root` option, then `$FT_DATA`, then the data cache
+`$FT_CACHE/data` (default `~/.cache/ftcli/data`), which `ft data fetch` fills and which a
+task fills on first use (unless `FT_NO_DOWNLOAD=1`).
+"""
 
 from __future__ import annotations
 
@@ -8,16 +14,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def data_root() -> Path:
-    """Root of the benchmark files: `$FT_DATA`, else `../shared/data` beside the checkout."""
-    env = os.environ.get("FT_DATA")
-    if env:
-        return Path(env).expanduser()
-    for base in (REPO_ROOT, Path.cwd()):
-        cand = base.parent / "shared" / "data"
-        if cand.is_dir():
-            return cand
-    return REPO_ROOT.parent / "shared" / "data"
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0", "false", "False")
 
 
 def cache_dir() -> Path:
@@ -28,6 +26,44 @@ def cache_dir() -> Path:
     return p
 
 
+def data_cache() -> Path:
+    """The data cache `$FT_CACHE/data`: benchmark files fetched by `ft data fetch`, laid out
+    like the data root (`aime24/test.jsonl`, `countdown/tinyzero_test/test.parquet`, ...)."""
+    return cache_dir() / "data"
+
+
+def resolve_data_root(option: str | Path | None = None) -> Path:
+    """The data root: `option` (a command's `--data-root`), else `$FT_DATA`, else the data cache."""
+    if option:
+        return Path(option).expanduser()
+    env = os.environ.get("FT_DATA")
+    if env:
+        return Path(env).expanduser()
+    return data_cache()
+
+
+def data_root() -> Path:
+    """The data root without a command option: `$FT_DATA`, else the data cache."""
+    return resolve_data_root(None)
+
+
+def data_root_origin(option: str | Path | None = None) -> str:
+    """Where `resolve_data_root(option)` came from: `--data-root`, `FT_DATA` or `data cache`."""
+    if option:
+        return "--data-root"
+    return "FT_DATA" if os.environ.get("FT_DATA") else "data cache"
+
+
+def data_mirror() -> str | None:
+    """`$FT_DATA_MIRROR`: a folder or http(s) base URL laid out like the data root, or None."""
+    return os.environ.get("FT_DATA_MIRROR") or None
+
+
+def downloads_allowed() -> bool:
+    """False when `FT_NO_DOWNLOAD=1`: nothing is fetched on first use."""
+    return not _flag("FT_NO_DOWNLOAD")
+
+
 def debug() -> bool:
     """`FT_DEBUG=1` shows full tracebacks instead of one-line errors."""
-    return os.environ.get("FT_DEBUG", "") not in ("", "0", "false", "False")
+    return _flag("FT_DEBUG")

@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ftcli.flow import credit_weights, select_tokens, trace_flow
+from ftcli.grpo import token_logprobs
 
 SELECT_MODES = ("top", "bottom")
 WEIGHTINGS = ("binary", "raw", "tanh", "sigmoid", "mad", "log1p", "mass")
@@ -97,6 +98,7 @@ class CreditOptions:
     mass: float = 0.4
     nonneg_only: bool = False
     fai_window: tuple[int, int] = (10, 50)
+    token_filter: torch.Tensor | None = None  # [V] bool: token ids that may be credited (None: all)
 
     def __post_init__(self):
         if self.select not in SELECT_MODES:
@@ -142,6 +144,8 @@ def register_rule(name: str, needs: tuple[str, ...] = (), summary: str = ""):
     """Decorator adding a score function to the registry under `name`."""
 
     def deco(fn: ScoreFn) -> ScoreFn:
+        if name in RULES:
+            raise ValueError(f"credit rule {name!r} is already registered")
         RULES[name] = CreditRule(name, fn, frozenset(needs), summary)
         return fn
 
@@ -254,8 +258,6 @@ def answer_gradient_saliency(
 
     input_ids, attention_mask, answer_mask, response_mask: [B, T]  ->  [B, T] fp32
     """
-    from ftcli.grpo import token_logprobs
-
     B, T = input_ids.shape
     first = int(response_mask.float().argmax(dim=1).min()) if response_mask.any() else 1
     first = max(first, 1)
@@ -366,6 +368,8 @@ def compute_credit(rule: CreditRule | str, inputs: CreditInputs, opts: CreditOpt
         return Credit(ones, torch.zeros_like(resp), None, torch.zeros(B, dtype=torch.bool))
     with torch.no_grad():
         scores, fallback = rule.score(inputs, opts)
+    if opts.token_filter is not None:  # a score of 0 is never selected (`select_tokens`)
+        scores = scores * token_filter_mask(opts.token_filter, inputs.input_ids)
     scores = scores.detach().float()
     fallback = (
         torch.zeros(B, dtype=torch.bool, device=resp.device) if fallback is None else fallback.bool()
@@ -377,9 +381,54 @@ def compute_credit(rule: CreditRule | str, inputs: CreditInputs, opts: CreditOpt
     return Credit(weights.detach(), credited, scores, fallback)
 
 
-def describe_rules() -> str:
-    """One line per rule (CLI help)."""
-    return "; ".join(f"{r.name}: {r.summary}" for r in RULES.values())
+def describe_rules(summaries: bool = False) -> str:
+    """The registered rule names for CLI help ("none, random, ..."); with `summaries`, each
+    followed by what it scores ("none: plain GRPO (all weights 1); ...")."""
+    if summaries:
+        return "; ".join(f"{r.name}: {r.summary}" for r in RULES.values())
+    return ", ".join(RULES)
+
+
+# ---------------------------------------------------------------------------------------------
+# Token classes (paper Sec. 5.2): a token filter of the shared selection
+# ---------------------------------------------------------------------------------------------
+TOKEN_CLASSES = ("structural", "semantic")
+CREDIT_TOKENS = ("all", *TOKEN_CLASSES)
+
+
+def token_class(text: str) -> str:
+    """`structural`: no letter or digit (whitespace, newlines, punctuation, operators, brackets,
+    delimiters); `semantic`: anything with a letter or a digit (words, numbers, names)."""
+    return "semantic" if any(ch.isalnum() for ch in text) else "structural"
+
+
+def structural_lookup(tokenizer) -> torch.Tensor:
+    """[V] bool: token id -> is structural (by its decoded text; special tokens structural)."""
+    V = len(tokenizer)
+    texts = tokenizer.batch_decode([[i] for i in range(V)], skip_special_tokens=False,
+                                   clean_up_tokenization_spaces=False)
+    lut = torch.tensor([token_class(t) == "structural" for t in texts], dtype=torch.bool)  # [V]
+    for i in getattr(tokenizer, "all_special_ids", []) or []:
+        if 0 <= i < V:
+            lut[i] = True
+    return lut
+
+
+def token_class_filter(tokenizer, tokens: str) -> torch.Tensor | None:
+    """`CreditOptions.token_filter` crediting only one token class (`tokens`: all, structural,
+    semantic; all -> None)."""
+    if tokens not in CREDIT_TOKENS:
+        raise ValueError(f"--credit-tokens must be one of {', '.join(CREDIT_TOKENS)}, got {tokens!r}")
+    if tokens == "all":
+        return None
+    lut = structural_lookup(tokenizer)
+    return lut if tokens == "structural" else ~lut
+
+
+def token_filter_mask(token_filter: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """[B, T] bool: the tokens of `input_ids` that `token_filter` ([V] bool) lets be credited."""
+    ids = input_ids.clamp(0, token_filter.numel() - 1)
+    return token_filter.to(ids.device)[ids]
 
 
 __all__ = [
@@ -390,11 +439,17 @@ __all__ = [
     "CreditInputs",
     "CreditOptions",
     "CreditRule",
+    "CREDIT_TOKENS",
+    "TOKEN_CLASSES",
     "answer_gradient_saliency",
     "compute_credit",
     "continuous_units",
     "describe_rules",
     "get_rule",
     "register_rule",
+    "structural_lookup",
+    "token_class",
+    "token_class_filter",
+    "token_filter_mask",
     "weights_from_scores",
 ]

@@ -1,12 +1,5 @@
-"""`ft eval` as a library: suites, checkpoints, resumable sampling, grading, results, tables.
-
-A *suite* is a file in `evals/` (package `ftcli.evals`): either one benchmark
-
-    task = "aime24"; split = "test"; metric = "avg@16"; n = 16
-    temperature = 0.99; top_p = 1.0; top_k = 100; max_new_tokens = 1024; seed = 0
-    grader = "math_verify"; second_grader = "sympy"
-
-or a group, `suites = ["aime24", "aime25", ...]`. A path to a .toml file works as a suite too.
+"""`ft eval` as a library: checkpoints, resumable sampling, grading, results, tables (the
+suites, files in `evals/`, are `ftcli.suites`).
 
 Outputs (`out/` = `--out`, default `<run>/eval/<suite>`, or `<run>/eval/<tag>/<suite>` for
 `:best` / `:step_N`, or `runs/eval/<model>/<suite>` for a plain model):
@@ -24,17 +17,23 @@ import math
 import os
 import re
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ftcli.io import atomic_write_json, atomic_write_text
-from ftcli.metrics import compute_metric, disagreement_rate, parse_metric, standard_metrics
+import torch
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
 
-try:  # Python 3.11+
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+from ftcli import get_task
+from ftcli.evaluation import sample_task
+from ftcli.generation import get_backend
+from ftcli.io import atomic_write_json, atomic_write_text, read_jsonl
+from ftcli.metrics import compute_metric, disagreement_rate, standard_metrics
+from ftcli.models import DEFAULT_MODEL, load_model, load_tokenizer, resolve_model
+from ftcli.suites import Benchmark, EvalError, apply_overrides, load_suite
+from ftcli.train.rundir import STEP_DIR, RunDir, is_model_dir
 
 RESULTS_SCHEMA = 1
 # protocol keys that change the samples; resuming with any of them different is refused
@@ -42,141 +41,16 @@ _SAMPLE_KEYS = ("task", "task_options", "split", "n", "temperature", "top_p", "t
                 "model_ref", "backend")
 
 
-class EvalError(ValueError):
-    """Bad suite / checkpoint / output folder (one-line message for the CLI)."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Suites
-# ---------------------------------------------------------------------------------------------
-@dataclass
-class Benchmark:
-    """One benchmark and its protocol (a single-benchmark suite file)."""
-
-    name: str
-    task: str
-    split: str = "test"
-    metric: str = "pass@1"
-    n: int = 1
-    temperature: float = 0.99
-    top_p: float = 1.0
-    top_k: int = 100
-    max_new_tokens: int = 1024
-    seed: int = 0
-    grader: str = "math_verify"
-    second_grader: str = "sympy"
-    label: str = ""
-    task_options: dict = field(default_factory=dict)  # keyword arguments of get_task
-
-    def __post_init__(self):
-        self.label = self.label or self.name
-        kind, k = parse_metric(self.metric)
-        if self.n < 1:
-            raise EvalError(f"{self.name}: n must be >= 1")
-        if k > self.n:
-            raise EvalError(f"{self.name}: {self.metric} needs n >= {k} samples (n = {self.n})")
-
-
-@dataclass
-class Suite:
-    name: str
-    label: str
-    benchmarks: list[Benchmark] = field(default_factory=list)
-
-    @property
-    def is_group(self) -> bool:
-        return len(self.benchmarks) != 1 or self.benchmarks[0].name != self.name
-
-
-def evals_dir() -> Path:
-    import ftcli.evals
-
-    return Path(ftcli.evals.__file__).resolve().parent
-
-
-def list_suites() -> list[str]:
-    """Names of the shipped suites (benchmarks and groups)."""
-    return sorted(p.stem for p in evals_dir().glob("*.toml"))
-
-
-def _suite_file(name: str) -> Path:
-    p = Path(name)
-    if p.suffix == ".toml" and p.is_file():
-        return p
-    f = evals_dir() / f"{name}.toml"
-    if not f.is_file():
-        raise EvalError(f"unknown suite {name!r} (known: {', '.join(list_suites())})")
-    return f
-
-
-def load_suite(name: str, _seen: tuple[str, ...] = ()) -> Suite:
-    """Suite by name (`evals/<name>.toml`) or .toml path; groups are expanded recursively."""
-    f = _suite_file(name)
-    sname = f.stem
-    if sname in _seen:
-        raise EvalError(f"suite {sname!r} includes itself")
-    try:
-        spec = tomllib.loads(f.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise EvalError(f"{f}: {e}") from None
-    if "suites" in spec:
-        benches: list[Benchmark] = []
-        for member in spec["suites"]:
-            for b in load_suite(member, _seen + (sname,)).benchmarks:
-                if b.name not in {x.name for x in benches}:
-                    benches.append(b)
-        return Suite(sname, spec.get("label", sname), benches)
-    known = set(Benchmark.__dataclass_fields__) - {"name"}
-    extra = set(spec) - known - {"description"}
-    if extra:
-        raise EvalError(f"{f}: unknown keys {sorted(extra)} (known: {sorted(known)})")
-    if "task" not in spec:
-        raise EvalError(f"{f}: needs task = ... (or suites = [...] for a group)")
-    b = Benchmark(name=sname, **{k: v for k, v in spec.items() if k in known})
-    return Suite(sname, spec.get("label", b.label), [b])
-
-
-def apply_overrides(b: Benchmark, **over) -> Benchmark:
-    """CLI overrides (None = keep). `n` also rescales avg@k / maj@k to the new n; pass@k keeps k
-    (and fails if k > n)."""
-    over = {k: v for k, v in over.items() if v is not None}
-    if not over:
-        return b
-    metric = b.metric
-    if "n" in over:
-        kind, k = parse_metric(metric)
-        if kind in ("avg", "maj"):
-            metric = f"{kind}@{over['n']}"
-    return replace(b, metric=metric, **over)
-
-
 # ---------------------------------------------------------------------------------------------
 # Checkpoints
 # ---------------------------------------------------------------------------------------------
-_STEP = re.compile(r"^step_(\d+)$")
-
-
-def _is_model_dir(p: Path) -> bool:
-    return (p / "config.json").is_file()
-
-
-def _step_dirs(ckdir: Path) -> dict[int, Path]:
-    out = {}
-    if ckdir.is_dir():
-        for d in ckdir.iterdir():
-            m = _STEP.match(d.name)
-            if m and _is_model_dir(d):
-                out[int(m.group(1))] = d
-    return out
-
-
 def split_ckpt_spec(spec: str) -> tuple[str, str | None]:
     """'runs/x:best' -> ('runs/x', 'best'); 'runs/x' -> ('runs/x', None). A colon only counts
     when the part after it is a selector (best, final, last, step_N or N), so Windows drive
     letters and hub ids pass through."""
     if ":" in spec:
         base, sel = spec.rsplit(":", 1)
-        if sel in ("best", "final", "last") or _STEP.match(sel) or sel.isdigit():
+        if sel in ("best", "final", "last") or STEP_DIR.match(sel) or sel.isdigit():
             return base, sel
     return spec, None
 
@@ -189,15 +63,8 @@ def best_step(metrics_file: Path, available: set[int] | None = None) -> tuple[in
     """
     if not metrics_file.is_file():
         raise EvalError(f"{metrics_file} not found (needed for :best)")
-    rows = []
-    with open(metrics_file, encoding="utf-8") as fh:
-        for line in fh:
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a torn last line of a live run
-            if isinstance(r, dict) and r.get("val_accuracy") is not None and "step" in r:
-                rows.append((int(r["step"]), float(r["val_accuracy"])))
+    rows = [(int(r["step"]), float(r["val_accuracy"])) for r in read_jsonl(metrics_file)  # a live run's torn line is skipped
+            if r.get("val_accuracy") is not None and "step" in r]
     if not rows:
         raise EvalError(f"{metrics_file} has no val_accuracy rows")
     cand = [r for r in rows if available is None or r[0] in available]
@@ -221,24 +88,25 @@ def resolve_checkpoint(spec: str) -> Path:
     """
     base, sel = split_ckpt_spec(spec)
     p = Path(base).expanduser()
-    ck = p / "checkpoints"
-    if sel is None and _is_model_dir(p) and not ck.is_dir():
+    run = RunDir(p)
+    ck = run.checkpoints
+    if sel is None and is_model_dir(p) and not ck.is_dir():
         return p  # a model folder (a run folder also has a config.json, but checkpoints/ too)
     if not p.is_dir():
         raise EvalError(f"checkpoint {spec!r}: {p} does not exist")
     if not ck.is_dir():
         raise EvalError(f"{p} is neither a model folder (config.json) nor a run (no checkpoints/)")
-    steps = _step_dirs(ck)
+    steps = run.step_checkpoints(complete="config.json")
     if sel in (None, "final", "last"):
-        if _is_model_dir(ck / "final"):
-            return ck / "final"
+        if is_model_dir(run.final):
+            return run.final
         if steps:
             return steps[max(steps)]
         raise EvalError(f"no checkpoints in {ck}")
     if sel == "best":
-        step, _ = best_step(p / "metrics.jsonl", set(steps))
+        step, _ = best_step(run.metrics_file, set(steps))
         return steps[step]
-    step = int(_STEP.match(sel).group(1)) if _STEP.match(sel) else int(sel)
+    step = int(STEP_DIR.match(sel).group(1)) if STEP_DIR.match(sel) else int(sel)
     if step not in steps:
         raise EvalError(f"no checkpoint for step {step} in {ck} (have: {sorted(steps)})")
     return steps[step]
@@ -273,8 +141,6 @@ def default_out(suite: str, model: str | None, ckpt: str | None, ckpt_path: Path
             tag = _ckpt_tag(ckpt or "", ckpt_path)
             return run / "eval" / (f"{tag}/{suite}" if tag else suite)
         return Path("runs") / "eval" / _safe(ckpt_path.name) / suite
-    from ftcli.models import DEFAULT_MODEL
-
     return Path("runs") / "eval" / _safe(Path(model or DEFAULT_MODEL).name) / suite
 
 
@@ -300,8 +166,6 @@ def load_target(model: str | None = None, ckpt: str | None = None, device: str |
     """(model, tokenizer, Target). `ckpt` wins over `model`; a checkpoint without tokenizer
     files takes the tokenizer of `model` (default model when None). `weights=False` (vLLM,
     which loads its own) returns model None and a `model_ref` vLLM can open."""
-    from ftcli.models import DEFAULT_MODEL, load_model, load_tokenizer, resolve_model
-
     if not weights:
         if ckpt:
             path = resolve_checkpoint(ckpt)
@@ -319,7 +183,9 @@ def load_target(model: str | None = None, ckpt: str | None = None, device: str |
         if _has_tokenizer(path):
             mdl, tok = load_model(str(path), dtype=dtype, device=device)
         else:
-            from transformers import AutoModelForCausalLM
+            from transformers import (
+                AutoModelForCausalLM,  # imported here: `ft eval list` stays fast
+            )
 
             tok = load_tokenizer(model)
             mdl = AutoModelForCausalLM.from_pretrained(str(path), dtype=_dtype(dtype))
@@ -331,29 +197,12 @@ def load_target(model: str | None = None, ckpt: str | None = None, device: str |
 
 
 def _dtype(d):
-    import torch
-
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, None: torch.float32}.get(d, d)
 
 
 # ---------------------------------------------------------------------------------------------
 # Tasks and grading
 # ---------------------------------------------------------------------------------------------
-def get_task(name: str, **options):
-    """The task plugin (`ftcli.get_task`, falling back to `ftcli.tasks.get_task`)."""
-    try:
-        from ftcli import get_task as _get
-    except ImportError:
-        try:
-            from ftcli.tasks import get_task as _get
-        except ImportError:
-            raise EvalError("task plugins are not available (ftcli.tasks.get_task)") from None
-    return _get(name, **options)
-
-
-_EXTRACTED_KEYS = ("extracted", "extracted_answer", "pred", "prediction", "answer")
-
-
 def _extracted_from_span(task, response: str) -> str | None:
     fn = getattr(task, "answer_span", None)
     if fn is None:
@@ -383,10 +232,8 @@ def grade_sample(task, bench: Benchmark, response: str, sample: dict) -> dict:
             for k, v in g.items():
                 if k != "correct" and (isinstance(v, bool) or (v is None and k in (bench.grader, bench.second_grader))):
                     rec["verdicts"][k] = v
-            for k in _EXTRACTED_KEYS:
-                if g.get(k) is not None and not isinstance(g.get(k), bool):
-                    rec["extracted"] = str(g[k])
-                    break
+            if g.get("extracted") is not None and not isinstance(g.get("extracted"), bool):
+                rec["extracted"] = str(g["extracted"])
         if g is not None and bench.grader != "verify" and g.get(bench.grader) is not None:
             rec["correct"] = bool(g[bench.grader])
         else:
@@ -424,15 +271,12 @@ def read_samples(path: Path, n: int) -> dict[str, list[dict]]:
     """Complete problems in `samples.jsonl`: {problem id: [n rows sorted by sample index]}.
     Torn lines and problems with fewer than n distinct sample indices are ignored."""
     by: dict[str, dict[int, dict]] = {}
-    if path.is_file():
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                try:
-                    r = json.loads(line)
-                    pid, j = str(r["id"]), int(r["sample"])
-                except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                    continue
-                by.setdefault(pid, {})[j] = r
+    for r in read_jsonl(path):
+        try:
+            pid, j = str(r["id"]), int(r["sample"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        by.setdefault(pid, {})[j] = r
     return {pid: [rows[j] for j in range(n)] for pid, rows in by.items() if all(j in rows for j in range(n))}
 
 
@@ -491,8 +335,6 @@ def run_benchmark(model, tokenizer, bench: Benchmark, target: Target, out: Path,
                   progress=None, task=None) -> dict:
     """Generate (resuming), grade and score one benchmark; writes samples.jsonl and protocol.json
     in `out` and returns its results entry (see `results.json`)."""
-    from ftcli.generation import get_backend, render_prompt
-
     task = task if task is not None else get_task(bench.task, **bench.task_options)
     problems = list(task.load(bench.split))
     if limit is not None:
@@ -519,17 +361,14 @@ def run_benchmark(model, tokenizer, bench: Benchmark, target: Target, out: Path,
         task_id = progress.add_task(bench.label, total=len(pids) * bench.n,
                                     completed=(len(pids) - len(todo)) * bench.n)
     t0 = time.time()
-    chunk = max(1, batch_size // bench.n)
-    for c0 in range(0, len(todo), chunk):
-        idx = todo[c0 : c0 + chunk]
-        prompts = [render_prompt(tokenizer, task.prompt(problems[i]), task.assistant_prefix(problems[i]))
-                   for i in idx]
-        groups = eng.generate(
-            model, tokenizer, prompts, n=bench.n, max_new_tokens=bench.max_new_tokens,
-            temperature=bench.temperature, top_p=bench.top_p, top_k=bench.top_k, seed=bench.seed,
-            batch_size=batch_size,
-            progress=(lambda k: progress.advance(task_id, k)) if progress is not None else None,
-        )
+    todo_problems = [problems[i] for i in todo]
+    for chunk_idx, groups in sample_task(
+        model, tokenizer, task, todo_problems, n=bench.n, max_new_tokens=bench.max_new_tokens,
+        temperature=bench.temperature, top_p=bench.top_p, top_k=bench.top_k, seed=bench.seed,
+        batch_size=batch_size, chunk=max(1, batch_size // bench.n), backend=eng,
+        progress=(lambda k: progress.advance(task_id, k)) if progress is not None else None,
+    ):
+        idx = [todo[c] for c in chunk_idx]
         rows = []
         for i, group in zip(idx, groups, strict=True):
             for j, r in enumerate(group):
@@ -585,8 +424,6 @@ def evaluate(suite_name: str, *, model: str | None = None, ckpt: str | None = No
     Target) skips loading (tests, the trainer's in-process eval)."""
     suite = load_suite(suite_name)
     benches = [apply_overrides(b, **(overrides or {})) for b in suite.benchmarks]
-    from ftcli.generation import get_backend
-
     eng = get_backend(backend)  # a missing vLLM fails here, before any model is loaded
     if loaded is None:
         mdl, tok, target = load_target(model, ckpt, device=device, dtype=dtype,
@@ -669,7 +506,6 @@ def results_table(rows: list[tuple[str, dict[str, dict]]], title: str | None = N
     """Rich table in the layout of the paper's Table 2: one row per model, one column per
     benchmark (header = label and metric), then Avg; lines below give every column's protocol.
     `delta=True` (two rows) adds a Δ row = second - first, over the common benchmarks."""
-    from rich.table import Table
 
     names: list[str] = []
     for _, res in rows:
@@ -710,7 +546,5 @@ def results_table(rows: list[tuple[str, dict[str, dict]]], title: str | None = N
         mark = "" if len(protos) == 1 else "  [red](protocols differ)[/red]"
         lines.append(f"{first[k].get('label', k)}: {' | '.join(protos)} · {'/'.join(map(str, sorted(n_pr)))} problems{mark}")
     lines.append("values in %; Avg = plain mean of the columns")
-    from rich.console import Group
-    from rich.text import Text
 
     return Group(t, *[Text.from_markup(x, style="dim") for x in lines])

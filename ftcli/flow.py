@@ -1,6 +1,6 @@
 """Answer-targeted information flow over the attention DAG (FlowTracer, Sec. 3.1 and 3.3).
 
-This module implements `../shared/flow-spec/SPEC.md` exactly. Positions are 0-based; one
+This module implements the algorithm stated in `docs/flow.md` exactly. Positions are 0-based; one
 row of a batch is one teacher-forced sequence (prompt, then response; padding is not a token).
 
     W[i, k]   (i < k)  attention that query k pays key i, mean over middle layers and heads (Eq. 1)

@@ -41,15 +41,23 @@ def group_advantages(
     `std` is the unbiased sample std (torch default, as verl and TRL); a group of one response
     gets A = 0. Rewards are laid out group after group: `rewards[g * G + j]`.
 
+    A group whose rewards are all equal carries no signal and gets A = 0 exactly: in fp32 the
+    1-ulp remainder of `r - mean` divided by `std + eps` (std = 0) would otherwise give
+    |A| up to ~0.06, with a value that depends on the other groups of the batch (verl has
+    that defect). The statistics are taken in fp64 per group, so a group's advantages do not
+    depend on what else shares the batch.
+
     rewards: [N] with N = num_groups * group_size  ->  advantages [N] (fp32)
     """
     if rewards.ndim != 1 or rewards.numel() % group_size:
         raise ValueError(f"rewards must be [num_groups * {group_size}], got {tuple(rewards.shape)}")
-    r = rewards.float().view(-1, group_size)  # [N/G, G]
+    r = rewards.double().view(-1, group_size)  # [N/G, G]
+    no_signal = (r == r[:, :1]).all(dim=1, keepdim=True)  # [N/G, 1]
     centred = r - r.mean(dim=1, keepdim=True)  # [N/G, G]
     if norm_std and group_size > 1:
         centred = centred / (r.std(dim=1, keepdim=True) + eps)
-    return centred.reshape(-1)  # [N]
+    centred = torch.where(no_signal, torch.zeros_like(centred), centred)  # [N/G, G]
+    return centred.float().reshape(-1)  # [N]
 
 
 def token_logprobs(
@@ -91,6 +99,7 @@ def clipped_surrogate(
     weights: torch.Tensor | None = None,
     eps_low: float = 0.2,
     eps_high: float = 0.2,
+    clip_ratio_c: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token loss of the weighted clipped surrogate (paper Eq. 5, negated for descent):
 
@@ -100,9 +109,16 @@ def clipped_surrogate(
     gamma = 1 (plain GRPO). Returns the loss terms and a bool mask of the tokens whose clipped
     branch was taken (the clip fraction's numerator; it does not depend on gamma > 0).
 
+    Dual clip (`clip_ratio_c = c > 1`, off when None; Ye et al. 2020, verl's
+    `compute_policy_loss_vanilla`): for tokens with a negative (weighted) advantage the loss
+    is capped at `-c gamma_t A`, i.e. l_t = min(l_t, -c gamma_t A), so a huge ratio on a bad
+    token cannot blow up the update. Positive advantages are unchanged.
+
     logp, old_logp: [B, T]; advantages: [B] or [B, T]; weights: [B, T] or None
     ->  (loss [B, T], clipped [B, T] bool)
     """
+    if clip_ratio_c is not None and not clip_ratio_c > 1.0:
+        raise ValueError(f"clip_ratio_c must be > 1 (dual clip), got {clip_ratio_c}")
     if advantages.ndim == 1:
         advantages = advantages.unsqueeze(-1)  # [B, 1]
     log_ratio = (logp - old_logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # [B, T]
@@ -111,7 +127,11 @@ def clipped_surrogate(
     unclipped = ratio * adv  # [B, T]
     clipped = ratio.clamp(1.0 - eps_low, 1.0 + eps_high) * adv  # [B, T]
     took_clip = (clipped < unclipped).detach()  # [B, T]
-    return -torch.minimum(unclipped, clipped), took_clip
+    loss = -torch.minimum(unclipped, clipped)  # [B, T]
+    if clip_ratio_c is not None:
+        capped = torch.minimum(loss, -clip_ratio_c * adv)  # [B, T]
+        loss = torch.where(adv < 0, capped, loss)  # [B, T]
+    return loss, took_clip
 
 
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from ftcli.attention import _IMPL_FOR_FAMILY, MASK_HOOK_ATTR, _eager_kernel, _snapshot_impls
+from ftcli.attention import IMPL_FOR_FAMILY, MASK_HOOK_ATTR, eager_kernel, snapshot_impls
 
 __all__ = ["KeyBlock", "block_keys", "blocked_mask"]
 
@@ -64,7 +64,7 @@ class KeyBlock:
         _register()
         model = self.model
         cur = model.config._attn_implementation
-        if cur == _IMPL_FOR_FAMILY["varlen"]:
+        if cur == IMPL_FOR_FAMILY["varlen"]:
             raise ValueError("key blocking needs a 4D attention mask: load the model with sdpa or eager, not flash")
         mods = [m for m in model.modules() if isinstance(getattr(m, "layer_idx", None), int)]
         if not mods:
@@ -76,8 +76,8 @@ class KeyBlock:
                 setattr(m, MASK_HOOK_ATTR, self._hook)
                 self._mods.append(m)
             # Inside a capture the capture applies the hook; otherwise switch to a blocking impl.
-            if cur not in _IMPL_FOR_FAMILY.values() and cur not in _BLOCK_IMPL.values():
-                self._saved = _snapshot_impls(model)
+            if cur not in IMPL_FOR_FAMILY.values() and cur not in _BLOCK_IMPL.values():
+                self._saved = snapshot_impls(model)
                 model.set_attn_implementation(_BLOCK_IMPL["eager" if cur == "eager" else "sdpa"])
         except BaseException:
             self.__exit__(None, None, None)
@@ -136,7 +136,9 @@ def _apply_hook(module, query, key, attention_mask):
 
 
 def _block_sdpa(module, query, key, value, attention_mask, **kwargs):
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.integrations.sdpa_attention import (
+        sdpa_attention_forward,  # transformers: only when used
+    )
 
     mask = _apply_hook(module, query, key, attention_mask)
     return sdpa_attention_forward(module, query, key, value, mask, **kwargs)
@@ -144,13 +146,14 @@ def _block_sdpa(module, query, key, value, attention_mask, **kwargs):
 
 def _block_eager(module, query, key, value, attention_mask, **kwargs):
     mask = _apply_hook(module, query, key, attention_mask)
-    return _eager_kernel(module, query, key, value, mask, **kwargs)
+    return eager_kernel(module, query, key, value, mask, **kwargs)
 
 
 def _register() -> None:
     global _registered
     if _registered:
         return
+    # imported here, as in ftcli.attention: transformers is needed only when a key is blocked
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 

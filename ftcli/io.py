@@ -39,3 +39,20 @@ def append_jsonl(path: str | os.PathLike, row: dict) -> None:
         fh.write(json.dumps(row, default=str) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The JSON-object rows of a JSONL file, leniently: a missing file gives [], and a line that
+    does not parse as a JSON object (the torn last line of an interrupted write) is skipped."""
+    path = Path(path)
+    rows: list[dict] = []
+    if not path.is_file():
+        return rows
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows

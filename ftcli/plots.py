@@ -11,12 +11,15 @@ Every function writes one PNG (parents created) and returns its path.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ftcli.io import read_jsonl
+from ftcli.train.rundir import RunDir
+
 
 def _figure(w: float, h: float):
+    # imported here: matplotlib is needed only when a figure is drawn
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -37,18 +40,8 @@ def _save(fig, path) -> Path:
 
 def read_metrics(path) -> list[dict]:
     """Rows of a run's metrics.jsonl (a torn last line is skipped)."""
-    rows = []
     p = Path(path)
-    if p.is_dir():
-        p = p / "metrics.jsonl"
-    if not p.is_file():
-        return rows
-    for line in p.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
+    return RunDir(p).metrics() if p.is_dir() else read_jsonl(p)
 
 
 def _ema(xs: list[float], alpha: float) -> list[float]:

@@ -9,6 +9,7 @@ def progress_bar(label: str, *fields: str, console=None, disable: bool = False, 
     `label` and each of `fields` are `TextColumn` formats (they may read `{task.description}`
     or `{task.fields[name]}`).
     """
+    # imported here: `ft --help` does not need rich.progress
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -22,3 +23,12 @@ def progress_bar(label: str, *fields: str, console=None, disable: bool = False, 
         TextColumn(label), BarColumn(), MofNCompleteColumn(), *(TextColumn(f) for f in fields),
         TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=disable, transient=transient,
     )
+
+
+def stderr_console(console=None):
+    """`console`, or a new rich Console on stderr (where progress and messages go)."""
+    if console is None:
+        from rich.console import Console  # imported here: ft --help does not need it
+
+        console = Console(stderr=True)
+    return console

@@ -14,6 +14,10 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from ftcli.attention import mean_attention
+from ftcli.flow import trace_flow
+from ftcli.generation import render_prompt
+from ftcli.sequences import TracedSeq, collate
 from ftcli.spans import find_question_span, last_boxed_span, span_to_token_mask
 
 
@@ -69,6 +73,32 @@ def _encode(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
     return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
 
 
+@dataclass
+class _Encoded:
+    """One pair, tokenized: the traced sequence and the text it came from."""
+
+    prompt: str
+    response: str
+    prompt_text: str
+    seq: TracedSeq
+    offsets: list[tuple[int, int]]  # prompt offsets into prompt_text, then response offsets
+    answer_span: tuple[int, int] | None
+
+
+def _encode_pair(tokenizer, prompt: str, response: str, answer_pattern: str | None, add_eos: bool) -> _Encoded:
+    prompt_text = render_prompt(tokenizer, [{"role": "user", "content": prompt}])
+    p_ids, p_off = _encode(tokenizer, prompt_text)
+    r_ids, r_off = _encode(tokenizer, response)
+    if add_eos and tokenizer.eos_token_id is not None:
+        r_ids.append(tokenizer.eos_token_id)
+        r_off.append((len(response), len(response)))
+    q_mask = span_to_token_mask(p_off, find_question_span(prompt_text, prompt))  # [Tp]
+    a_span = answer_span(response, answer_pattern)
+    a_mask = span_to_token_mask(r_off, a_span)  # [Tr]
+    seq = TracedSeq(ids=p_ids + r_ids, n_prompt=len(p_ids), question=q_mask.tolist(), answer=a_mask.tolist())
+    return _Encoded(prompt, response, prompt_text, seq, p_off + r_off, a_span)
+
+
 def backbone_edges(
     W: torch.Tensor, h: torch.Tensor, f: torch.Tensor, answer: torch.Tensor, top: int
 ) -> list[tuple[int, int, float]]:
@@ -103,58 +133,30 @@ def score_pairs(
     on_batch: Callable[[int], None] | None = None,
 ) -> list[ScoredPair]:
     """Score (prompt, response) pairs; batches are right-padded (the flow is padding-invariant)."""
-    from ftcli.attention import mean_attention
-    from ftcli.flow import trace_flow
-    from ftcli.generation import render_prompt
-
     device = next(model.parameters()).device
     out: list[ScoredPair] = []
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
-        rows = []
-        for prompt, response in chunk:
-            prompt_text = render_prompt(tokenizer, [{"role": "user", "content": prompt}])
-            p_ids, p_off = _encode(tokenizer, prompt_text)
-            r_ids, r_off = _encode(tokenizer, response)
-            if add_eos and tokenizer.eos_token_id is not None:
-                r_ids.append(tokenizer.eos_token_id)
-                r_off.append((len(response), len(response)))
-            q_mask = span_to_token_mask(p_off, find_question_span(prompt_text, prompt))  # [Tp]
-            a_span = answer_span(response, answer_pattern)
-            a_mask = span_to_token_mask(r_off, a_span)  # [Tr]
-            rows.append((prompt, response, prompt_text, p_ids, p_off, r_ids, r_off, q_mask, a_mask, a_span))
-        T = max(len(r[3]) + len(r[5]) for r in rows)
-        B = len(rows)
-        ids = torch.full((B, T), tokenizer.pad_token_id or 0, dtype=torch.long)  # [B, T]
-        attn = torch.zeros(B, T, dtype=torch.long)  # [B, T]
-        q = torch.zeros(B, T, dtype=torch.bool)
-        a = torch.zeros(B, T, dtype=torch.bool)
-        r = torch.zeros(B, T, dtype=torch.bool)
-        for b, row in enumerate(rows):
-            p_ids, r_ids = row[3], row[5]
-            n_p, n = len(p_ids), len(p_ids) + len(r_ids)
-            ids[b, :n] = torch.tensor(p_ids + r_ids)
-            attn[b, :n] = 1
-            q[b, :n_p] = row[7]
-            a[b, n_p:n] = row[8]
-            r[b, n_p:n] = True
+        rows = [_encode_pair(tokenizer, prompt, response, answer_pattern, add_eos) for prompt, response in chunk]
+        batch = collate([r.seq for r in rows], tokenizer.pad_token_id or 0)
+        q, a = batch["question_mask"], batch["answer_mask"]  # [B, T]
         with torch.no_grad():
-            W = mean_attention(model, ids.to(device), attn.to(device), layers=layers).float().cpu()
-        res = trace_flow(W, q, a, r, ratio=ratio, gamma=gamma)
+            W = mean_attention(model, batch["input_ids"].to(device), batch["attention_mask"].long().to(device),
+                               layers=layers).float().cpu()  # [B, T, T]
+        res = trace_flow(W, q, a, batch["response_mask"], ratio=ratio, gamma=gamma)
         for b, row in enumerate(rows):
-            prompt, response, prompt_text, p_ids, p_off, r_ids, r_off, _, _, a_span = row
-            n = len(p_ids) + len(r_ids)
-            all_ids = p_ids + r_ids
-            toks = [tokenizer.decode([t]) for t in all_ids]
+            n = len(row.seq.ids)
+            toks = [tokenizer.decode([t]) for t in row.seq.ids]
             edges = backbone_edges(W[b, :n, :n], res.h[b, :n], res.f[b, :n], a[b, :n], top_edges)
+            a_span = row.answer_span
             out.append(
                 ScoredPair(
-                    prompt=prompt,
-                    response=response,
-                    prompt_text=prompt_text,
+                    prompt=row.prompt,
+                    response=row.response,
+                    prompt_text=row.prompt_text,
                     tokens=toks,
-                    offsets=[tuple(o) for o in p_off + r_off],
-                    segment=["prompt"] * len(p_ids) + ["response"] * len(r_ids),
+                    offsets=[tuple(o) for o in row.offsets],
+                    segment=["prompt"] * row.seq.n_prompt + ["response"] * row.seq.n_response,
                     question=q[b, :n].tolist(),
                     answer=a[b, :n].tolist(),
                     h=res.h[b, :n].tolist(),
@@ -162,7 +164,7 @@ def score_pairs(
                     tau=res.tau[b, :n].tolist(),
                     selected=res.mask[b, :n].tolist(),
                     weights=res.weights[b, :n].tolist(),
-                    answer_text=response[a_span[0] : a_span[1]] if a_span else None,
+                    answer_text=row.response[a_span[0] : a_span[1]] if a_span else None,
                     fallback=bool(res.fallback[b]),
                     k_sel=int(res.k_sel[b]),
                     absorbed=float(res.absorbed[b]),

@@ -14,7 +14,7 @@ Deterministic for a given seed on CPU: batches are drawn epoch by epoch from a s
 permutation, there is no dropout, and the learning-rate schedule (linear warm-up, cosine decay
 to `min_lr_ratio * lr`) depends only on the step. Two engines: `torch` (plain AdamW with
 gradient clipping) and `deepspeed` (ZeRO stage 0, fp32, the same client AdamW, through
-`ftcli.trainer`'s DeepSpeed set-up); on one CPU process they give the same updates.
+`ftcli.train.engine`); on one CPU process they give the same updates.
 """
 
 from __future__ import annotations
@@ -27,7 +27,10 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from ftcli.evaluation import sample_task
 from ftcli.generation import encode_prompt
+from ftcli.progress import progress_bar
+from ftcli.train.engine import ds_config, import_deepspeed
 
 IGNORE = -100
 ENGINES = ("torch", "deepspeed")
@@ -157,19 +160,8 @@ def response_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def _deepspeed_engine(model, opt, cfg: SFTConfig):
-    from ftcli.trainer import _import_deepspeed  # the GRPO trainer's set-up (env, CPU accelerator)
-
-    ds = _import_deepspeed()
-    config = {
-        "train_micro_batch_size_per_gpu": cfg.batch_size,
-        "gradient_accumulation_steps": 1,
-        "train_batch_size": cfg.batch_size,
-        "gradient_clipping": cfg.grad_clip,
-        "zero_optimization": {"stage": 0},
-        "bf16": {"enabled": False},
-        "steps_per_print": 10**9,
-        "wall_clock_breakdown": False,
-    }
+    ds = import_deepspeed()  # the GRPO trainer's set-up (env, CPU accelerator)
+    config = ds_config(cfg.batch_size, 1, 1, cfg.grad_clip, zero_stage=0, bf16=False)
     engine, _, _, _ = ds.initialize(model=model, optimizer=opt, config=config)
     return engine
 
@@ -259,8 +251,6 @@ class _Bar:
     """A rich progress bar: step, loss, lr, tokens/s, elapsed and remaining time."""
 
     def __init__(self, total: int, console=None):
-        from ftcli.progress import progress_bar
-
         self.p = progress_bar(
             "[bold]sft", "loss {task.fields[loss]:.3f}  lr {task.fields[lr]:.2e}  {task.fields[tps]:.0f} tok/s",
             console=console,
@@ -294,12 +284,9 @@ def evaluate_task(
     """Accuracy (reward == 1), format rate (reward > 0) and mean response length of `n`
     samples per problem, drawn with `ftcli.generation.generate` from the task's own prompt.
     `group(sample)` splits the accuracy (e.g. by how many numbers a Countdown problem has)."""
-    from ftcli.generation import generate, render_prompt
-
-    prompts = [render_prompt(tokenizer, task.prompt(s), task.assistant_prefix(s)) for s in samples]
     t0 = time.time()
-    outs = generate(model, tokenizer, prompts, n=n, max_new_tokens=max_new_tokens,
-                    temperature=temperature, seed=seed, batch_size=batch_size)
+    _, outs = next(sample_task(model, tokenizer, task, samples, n=n, max_new_tokens=max_new_tokens,
+                               temperature=temperature, seed=seed, batch_size=batch_size), ([], []))
     tot = {"n": 0, "correct": 0, "formatted": 0, "tokens": 0, "finished": 0}
     groups: dict = {}
     examples = []

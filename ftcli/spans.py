@@ -51,6 +51,15 @@ def find_question_span(prompt_text: str, question: str) -> tuple[int, int] | Non
 
 
 _BOXED_TOKENS = re.compile(r"\\\\|\\[{}]|\\(?:boxed|fbox)\s*\{|[{}]")
+_BOX_COMMAND = re.compile(r"\\(?:boxed|fbox)\s*\{")
+MAX_SCAN_CHARS = 100_000  # span search looks at most at this many final characters
+
+
+def scan_start(text: str, limit: int = MAX_SCAN_CHARS) -> int:
+    """Where a bounded backwards-looking search starts: only the last `limit` characters of a
+    response are searched for its final answer (model output is untrusted; a 10 MB response
+    must not cost seconds). An answer that begins before that is not found."""
+    return max(0, len(text) - limit)
 
 
 def last_boxed_span(text: str) -> Span | None:
@@ -59,11 +68,18 @@ def last_boxed_span(text: str) -> Span | None:
     One linear pass: escaped braces (`\\{`, `\\}`) do not count, an unclosed `\\boxed{` (a
     truncated response) is ignored, and for nested boxes the outermost one wins. "Last" means
     the box that closes last. The content is trimmed of surrounding whitespace.
+
+    Bounded work: only the last `MAX_SCAN_CHARS` characters are scanned, starting at the first
+    box command in them (a text without `\\boxed{`/`\\fbox{` costs one regex search), so
+    `'}' * 10**7` returns at once. A box opened before that window is not seen.
     """
+    first = _BOX_COMMAND.search(text, scan_start(text))
+    if first is None:
+        return None
     depth = 0
     open_boxes: list[tuple[int, int]] = []  # (depth inside the box, content start)
     best: Span | None = None
-    for m in _BOXED_TOKENS.finditer(text):
+    for m in _BOXED_TOKENS.finditer(text, first.start()):
         tok = m.group()
         if tok == "}":
             if open_boxes and open_boxes[-1][0] == depth:
@@ -77,7 +93,6 @@ def last_boxed_span(text: str) -> Span | None:
             open_boxes.append((depth, m.end()))
         # escaped braces and "\\\\" are skipped
     return strip_span(text, best) if best else None
-
 
 
 def strip_span(text: str, span: Span) -> Span | None:

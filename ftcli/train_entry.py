@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import sys
 
+from ftcli.cli import app
+
 
 def main(argv: list[str] | None = None) -> None:
-    from ftcli.cli import app
-
     args = list(sys.argv[1:] if argv is None else argv)
     app(["train", *args], prog_name="ftcli.train_entry")
 

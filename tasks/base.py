@@ -1,7 +1,9 @@
 """The task contract, plus the small helpers every task plugin shares.
 
 A task is any object with the attributes and methods of `Task` below (a structural protocol:
-plugins do not inherit from it). Helpers here are plain functions the plugins compose:
+plugins do not inherit from it). Optional: `files` (split -> path in the data root, which
+`ft data check` verifies), `manifest` (split -> record count) and `data_source()` (what a
+run records about where the problems came from; see `ftcli.tasks.loading.describe_data`). Helpers here are plain functions the plugins compose:
 answer-span finders (`last_boxed_span`, `last_number_span`) and the reproducible split carving
 (`select_split`) that gives every task its `validation` split.
 """

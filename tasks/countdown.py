@@ -10,22 +10,41 @@ Expressions are never `eval`-ed: a character whitelist, then Python's `ast` pars
 walk that accepts only integer literals, `+ - * /` and parentheses (unary minus only with
 `allow_unary_minus=True`), evaluated exactly with `fractions.Fraction`.
 
-Data: `train` = the shared UFT parquet (first 10,240 rows of TinyZero's train split; the prompt
-is rebuilt from `nums`/`target`), `test` = TinyZero's 1,024-row test parquet, `validation`
-carved from train. `generate_problems` makes new seeded problems that `solve` proves solvable.
+Data, `source="files"` (default): `train` = UFT's parquet (the first 10,240 rows of TinyZero's
+train split; the prompt is rebuilt from `nums`/`target`), `test` = TinyZero's 1,024-row test
+parquet, `validation` carved from train. `source="generated"`: no files at all; every split is
+a seeded stream of the generator below (`generate_problems`), and the streams are disjoint.
+
+The generator follows the one that made TinyZero's data (`Jiayi-Pan/Countdown-Tasks-3to4`,
+built with the Stream-of-Search `CountDown.generate`): the target uniform in 10..100, then 3 or
+4 numbers uniform in 1..99, redrawn until a search over integer steps (`a + b`, `a * b`,
+`|a - b|`, exact division) reaches the target, so every problem is solvable by construction
+and carries its `solution`. The rejection makes small numbers more frequent, as in the data
+(measured on 2,000 problems against the 10,240 UFT rows: mean number 44.7 vs 45.1, repeated
+numbers 5.0% vs 4.7%, target among the numbers 3.7% vs 3.7%).
 """
 
 from __future__ import annotations
 
 import ast
+import hashlib
 import random
 import re
+from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 from ftcli.tasks.base import Messages, Sample, Span, select_split, strip_span
-from ftcli.tasks.loading import data_file, read_records, resolve_root
+from ftcli.tasks.loading import (
+    Records,
+    check_field,
+    data_file,
+    describe_files,
+    read_records,
+    resolve_root,
+    row_error,
+)
 
 HUB_ID = "Jiayi-Pan/Countdown-Tasks-3to4"  # the source for users with a hub
 FILES = {
@@ -213,43 +232,132 @@ def _strip_outer(expr: str) -> str:
     return expr[1:-1] if expr.startswith("(") and expr.endswith(")") else expr
 
 
+GENERATOR = "countdown-sos-v1"  # recorded in a run's config.json with the seed
+TARGET_RANGE = (10, 100)
+NUMBER_RANGE = (1, 99)
+STREAMS = ("train", "validation", "test")
+
+
+def integer_solution(numbers: list[int], target: int) -> str | None:
+    """An expression reaching `target` through integer steps, or None (Stream-of-Search's
+    search: pick two numbers, replace them by `a + b`, `a * b`, `|a - b|` or an exact quotient,
+    until one number is left)."""
+    return _integer_search([(n, str(n)) for n in numbers], target)
+
+
+def _integer_search(items: list[tuple[int, str]], target: int) -> str | None:
+    if len(items) == 1:
+        return _strip_outer(items[0][1]) if items[0][0] == target else None
+    for i in range(len(items)):
+        for j in range(i + 1, len(items)):
+            rest = items[:i] + items[i + 1 : j] + items[j + 1 :]
+            for item in _integer_steps(items[i], items[j]):
+                found = _integer_search([*rest, item], target)
+                if found is not None:
+                    return found
+    return None
+
+
+def _integer_steps(x: tuple[int, str], y: tuple[int, str]):
+    """Every (value, expression) of one integer step on x and y (the larger one first)."""
+    (a, ea), (b, eb) = (x, y) if x[0] >= y[0] else (y, x)
+    yield a + b, f"({ea} + {eb})"
+    yield a * b, f"({ea} * {eb})"
+    yield a - b, f"({ea} - {eb})"
+    if b and a % b == 0:
+        yield a // b, f"({ea} / {eb})"
+
+
+def stream_of(numbers: list[int], target: int) -> str:
+    """The split a problem belongs to (`train` / `validation` / `test`): a hash of the
+    numbers (as a multiset) and the target, so generated splits never share a problem."""
+    key = f"{sorted(int(n) for n in numbers)}|{int(target)}".encode()
+    return STREAMS[int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") % 3]
+
+
 def generate_problems(
     n: int,
     seed: int = 0,
     num_numbers: tuple[int, ...] = (3, 4),
-    number_range: tuple[int, int] = (1, 99),
-    target_range: tuple[int, int] = (10, 100),
+    split: str | None = None,
 ) -> list[Sample]:
-    """`n` new problems (same ranges as TinyZero's data), each solvable by construction.
+    """`n` new problems, each solvable by construction (see the module docstring).
 
-    Numbers are drawn uniformly; the target is drawn uniformly from the in-range integers the
-    exact search (`reachable`) proves reachable, so no draw is wasted. Deterministic for a
-    given seed; each sample carries the solver's `solution`.
+    Deterministic for a given (seed, split); with `split`, only problems of that stream
+    (`stream_of`), so the streams of different splits are disjoint. Each sample carries the
+    search's `solution`.
     """
-    rng = random.Random(seed)
-    lo, hi = target_range
-    out: list[Sample] = []
-    while len(out) < n:
-        numbers = [rng.randint(*number_range) for _ in range(rng.choice(num_numbers))]
-        values = reachable(numbers)
-        targets = sorted(int(v) for v in values if v.denominator == 1 and lo <= v <= hi)
-        if not targets:
-            continue
-        target = rng.choice(targets)
-        solution = _strip_outer(values[Fraction(target)])
-        out.append(make_sample(numbers, target, f"gen-{seed}-{len(out)}", solution=solution))
-    return out
+    stream = ProblemStream(seed, num_numbers, split)
+    return [stream.next() for _ in range(n)]
+
+
+class ProblemStream:
+    """The seeded sequence of generated problems of one split (or of all, `split=None`)."""
+
+    def __init__(self, seed: int, num_numbers: tuple[int, ...] = (3, 4), split: str | None = None):
+        if split is not None and split not in STREAMS:
+            raise ValueError(f"unknown split {split!r}; known: {', '.join(STREAMS)}")
+        if not num_numbers or any(k < 2 for k in num_numbers):
+            raise ValueError(f"num_numbers must be counts >= 2, got {num_numbers!r}")
+        self.seed, self.split, self.num_numbers = seed, split, tuple(num_numbers)
+        self.rng = random.Random(f"{GENERATOR}/{split or 'all'}/{seed}")
+        self.count = 0
+
+    def next(self) -> Sample:
+        """The next problem of the stream."""
+        rng = self.rng
+        target = rng.randint(*TARGET_RANGE)
+        k = rng.choice(self.num_numbers)
+        while True:
+            numbers = [rng.randint(*NUMBER_RANGE) for _ in range(k)]
+            if self.split is not None and stream_of(numbers, target) != self.split:
+                continue
+            solution = integer_solution(numbers, target)
+            if solution is not None:
+                break
+        prefix = f"gen{self.seed}-{self.split}" if self.split else f"gen-{self.seed}"
+        sample = make_sample(numbers, target, f"{prefix}-{self.count}", solution=solution)
+        self.count += 1
+        return sample
+
+
+class GeneratedSplit(Sequence):
+    """`size` problems of a `ProblemStream`, generated on first access in order (so
+    `split[:32]` costs 32 problems, not `size`)."""
+
+    def __init__(self, stream: ProblemStream, size: int):
+        self.stream, self.size, self.items = stream, int(size), []
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self.size))]
+        if index < 0:
+            index += self.size
+        if not 0 <= index < self.size:
+            raise IndexError(index)
+        while len(self.items) <= index:
+            self.items.append(self.stream.next())
+        return self.items[index]
 
 
 # ---------------------------------------------------------------------------------------------
 # The task
 # ---------------------------------------------------------------------------------------------
+SOURCES = ("files", "generated")
+
+
 class CountdownTask:
     """Countdown with `train` / `validation` / `test` splits.
 
-    Options: `data_root`, `num_numbers` (keep only problems with these many numbers, e.g.
-    `(4,)` as in the FlowTracer paper), `allow_unary_minus` (False), `val_size` (500),
-    `val_seed` (0).
+    Options: `source` (`files`: TinyZero's problems from the data root; `generated`: the
+    seeded generator, no files), `seed` (generator seed, 0), `train_size` / `test_size`
+    (generated split sizes, 10240 / 1024), `data_root`, `num_numbers` (keep only problems
+    with these many numbers, e.g. `(4,)` as in the FlowTracer paper), `allow_unary_minus`
+    (False), `val_size` (500), `val_seed` (0, the files' validation carving).
+    `data_source()` says which source a run used (for its config.json).
     """
 
     name = "countdown"
@@ -261,27 +369,64 @@ class CountdownTask:
         allow_unary_minus: bool = False,
         val_size: int = 500,
         val_seed: int = 0,
+        source: str = "files",
+        seed: int = 0,
+        train_size: int = 10240,
+        test_size: int = 1024,
     ):
+        if source not in SOURCES:
+            raise ValueError(f"unknown countdown source {source!r}; known: {', '.join(SOURCES)}")
+        self.source, self.seed = source, int(seed)
         self.root = resolve_root(data_root)
         self.num_numbers = tuple(num_numbers)
         self.allow_unary_minus = allow_unary_minus
         self.holdout = {"validation": val_size}
         self.val_seed = val_seed
         self.splits = ("train", "validation", "test")
-        self.files, self.manifest = dict(FILES), dict(MANIFEST)
+        if source == "generated":
+            self.files, self.manifest = {}, {}
+            self.sizes = {"train": train_size, "validation": val_size, "test": test_size}
+            self._generated = {
+                s: GeneratedSplit(ProblemStream(self.seed, self.num_numbers, s), n)
+                for s, n in self.sizes.items()
+            }
+        else:
+            self.files, self.manifest = dict(FILES), dict(MANIFEST)
 
     def load(self, split: str = "test") -> list[Sample]:
-        """Samples with `id`, `question`, `answer` (the target), `numbers`, `target`."""
+        """Samples with `id`, `question`, `answer` (the target), `numbers`, `target`.
+
+        Generated splits are a lazy sequence: slicing generates only what is taken.
+        """
+        if self.source == "generated":
+            if split not in self._generated:
+                raise ValueError(f"task 'countdown' has no {split!r} split (available: "
+                                 f"{', '.join(self.splits)})")
+            return self._generated[split]
         sources = {s: (lambda s=s: self._read(s)) for s in FILES}
         return select_split(self.name, split, sources, self.holdout, self.val_seed)
 
+    def data_source(self) -> dict[str, Any]:
+        """Which problems this task serves: the generator and its seed, or the files and
+        their sha256 (what a run's config.json records)."""
+        if self.source == "generated":
+            return {
+                "source": "generated",
+                "generator": GENERATOR,
+                "seed": self.seed,
+                "num_numbers": list(self.num_numbers),
+                "sizes": dict(self.sizes),
+            }
+        return {**describe_files(self.root, self.files), "num_numbers": list(self.num_numbers)}
+
     def _read(self, split: str) -> list[Sample]:
-        rows = read_records(data_file(self.root, FILES[split])).rows
-        return [
-            make_sample(row["nums"], row["target"], f"{split}-{_index(row, i)}")
-            for i, row in enumerate(rows)
-            if len(row["nums"]) in self.num_numbers
-        ]
+        records = read_records(data_file(self.root, FILES[split]))
+        samples = []
+        for i in range(len(records.rows)):
+            sample = _file_sample(records, i, split)
+            if len(sample["numbers"]) in self.num_numbers:
+                samples.append(sample)
+        return samples
 
     def generate(self, n: int, seed: int = 0) -> list[Sample]:
         """Fresh solvable problems with this task's `num_numbers`."""
@@ -325,6 +470,15 @@ class CountdownTask:
         return self.grade(response, sample)["reward"]
 
 
-def _index(row: dict, position: int) -> int:
-    info = row.get("extra_info") or {}
-    return int(info.get("index", position))
+def _file_sample(records: Records, i: int, split: str) -> Sample:
+    """One checked parquet row: `nums` (at least 2 integers), `target` (an integer) and an
+    optional `extra_info.index` (an integer); else DataError `FILE:row N: field ...`."""
+    numbers = check_field(records, i, "nums", "int_list")
+    if len(numbers) < 2:
+        raise row_error(records, i, "nums", f"{numbers!r} has fewer than 2 numbers")
+    target = check_field(records, i, "target", "int")
+    info = records.rows[i].get("extra_info") or {}
+    index = info.get("index", i) if isinstance(info, dict) else i
+    if not isinstance(index, int) or isinstance(index, bool):
+        raise row_error(records, i, "extra_info.index", f"{index!r} is not an integer")
+    return make_sample(numbers, target, f"{split}-{index}")

@@ -7,9 +7,10 @@ message. Golds are `"X: text"` / `"X. text"`; in 117 `"X. "` records the letter 
 the option carrying that text, so the gold letter is mapped back by option text.
 
 There is only one file, so `test` (200) and `validation` (100) are carved from it with a fixed
-seed and `train` is the rest. The prediction is the first standalone capital letter in the
-last `\\boxed{}` after the last `</think>`, else in the text right after the last "answer is"
-(ROLL's `crossthinkqa_reward_fn`). Rewards follow ROLL's schemes: `soft` (default: 1 correct
+seed and `train` is the rest. The prediction is the option letter that the last `\\boxed{}`
+after the last `</think>`, else the text right after the last "answer is", begins with
+(ROLL's `crossthinkqa_reward_fn`, stricter: one answer is one option letter, so a span naming
+several options, `F and A`, or stating something else first, `not F`, has no prediction). Rewards follow ROLL's schemes: `soft` (default: 1 correct
 and boxed, 0.5 correct unboxed, -0.5 boxed but wrong, -1 otherwise), `loose`, `strict`, or
 `binary` (1 / 0).
 """
@@ -29,7 +30,16 @@ from ftcli.tasks.base import (
     last_match,
     select_split,
 )
-from ftcli.tasks.loading import data_file, read_records, resolve_root
+from ftcli.tasks.loading import (
+    Records,
+    check_field,
+    data_file,
+    read_records,
+    resolve_root,
+    row_error,
+)
+
+from ftcli.spans import scan_start
 
 log = logging.getLogger("ftcli.tasks")
 
@@ -49,6 +59,17 @@ REWARD_SCHEMES = {
 _OPTION_LINE = re.compile(r"^([A-Z])([:.])[ \t]?", re.MULTILINE)
 _LETTER = re.compile(r"(?<![A-Za-z])[A-Z](?![A-Za-z])")
 _ANSWER_IS = re.compile(r"answer is", re.IGNORECASE)
+_GOLD = re.compile(r"[A-Z][:.]")  # a gold label: "F: text" or "A. text"
+_CHOICE_LEAD = re.compile(
+    r"(?:\s|[:*$(\[]|\\(?:text|textbf|mathrm|mathbf|mbox)\s*\{"
+    r"|\b(?:the|final|correct|answer|option|choice|is)\b)*",
+    re.IGNORECASE,
+)
+_CHOICE_CLOSE = re.compile(r"[)\]}*$]*")
+_SECOND_OPTION = re.compile(
+    r"\s*(?:[,;&/+]|\\text\s*\{\s*(?:and|or)\b|(?:and|or|and/or)\b|(?-i:[(\[]?[A-Z](?![A-Za-z])))",
+    re.IGNORECASE,
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -125,19 +146,37 @@ def gold_letter(ground_truth: str, options: list[str]) -> tuple[str, bool]:
 # Answers
 # ---------------------------------------------------------------------------------------------
 def find_choice(response: str) -> tuple[Span | None, bool]:
-    """(span of the chosen letter, boxed?) - ROLL's extraction with standalone letters."""
-    think_end = response.rfind("</think>")
-    offset = think_end + len("</think>") if think_end >= 0 else 0
+    """(span of the chosen letter, boxed?) - ROLL's extraction, one option only.
+
+    Where: the last `\\boxed{}` after the last `</think>`, else the text right after the
+    last "answer is". What: one standalone capital letter at the start of that text (after
+    words like "the answer is", "option", `(`, `**`, `\\text{`), not followed by a second
+    option (`F and A`, `F, A`, `F or A`, `F/A`): a span naming several options, or stating
+    something else first (`The answer is not F, it is A.`), has no choice. Only the last
+    `MAX_SCAN_CHARS` characters are searched.
+    """
+    start = scan_start(response)
+    think_end = response.rfind("</think>", start)
+    offset = think_end + len("</think>") if think_end >= 0 else start
     box = last_boxed_span(response[offset:])
     if box is not None:
-        m = _LETTER.search(response, offset + box[0], offset + box[1])
-        return ((m.start(), m.end()) if m else None), True
+        return single_choice(response, offset + box[0], offset + box[1]), True
     last = last_match(_ANSWER_IS, response, offset)
     if last is not None:
-        m = _LETTER.search(response, last.end(), min(len(response), last.end() + ANSWER_WINDOW))
-        if m:
-            return (m.start(), m.end()), False
+        end = min(len(response), last.end() + ANSWER_WINDOW)
+        return single_choice(response, last.end(), end), False
     return None, False
+
+
+def single_choice(text: str, start: int, end: int) -> Span | None:
+    """Span of the one option letter that `text[start:end]` begins with, else None."""
+    lead = _CHOICE_LEAD.match(text, start, end)
+    m = _LETTER.match(text, lead.end(), end)
+    if m is None:
+        return None
+    if _SECOND_OPTION.match(text, _CHOICE_CLOSE.match(text, m.end(), end).end(), end):
+        return None
+    return (m.start(), m.end())
 
 
 class CrossThinkQATask:
@@ -173,23 +212,37 @@ class CrossThinkQATask:
         return select_split(self.name, split, {"train": self._read}, self.holdout, self.split_seed)
 
     def _read(self) -> list[Sample]:
-        rows = read_records(data_file(self.root, FILE)).rows
-        samples = [self._sample(row) for row in rows]
+        records = read_records(data_file(self.root, FILE))
+        samples = [self._sample(records, i) for i in range(len(records.rows))]
         remapped = sum(s.pop("_remapped") for s in samples)
         log.debug("%s: %d gold letters mapped by option text", FILE, remapped)
         return samples
 
-    def _sample(self, row: dict) -> Sample:
-        question, stem, options = split_prompt(row["prompt"])
-        letter, remapped = gold_letter(row["ground_truth"], options)
+    def _sample(self, records: Records, i: int) -> Sample:
+        """One checked row: `id`, `prompt` with at least two lettered options, and
+        `ground_truth` as `"X: text"` / `"X. text"` naming one of them (else DataError
+        `FILE:LINE: field ...`)."""
+        raw_id = check_field(records, i, "id", "id")
+        prompt = check_field(records, i, "prompt", "text")
+        truth = check_field(records, i, "ground_truth", "text")
+        question, stem, options = split_prompt(prompt)
+        if len(options) < 2:
+            raise row_error(records, i, "prompt", "no lettered options (A: ..., B: ...)")
+        if not _GOLD.match(truth):
+            raise row_error(records, i, "ground_truth", f"{truth[:40]!r} is not 'X: text'")
+        letter, remapped = gold_letter(truth, options)
+        if not "A" <= letter < chr(ord("A") + len(options)):
+            raise row_error(
+                records, i, "ground_truth", f"letter {letter} is not one of {len(options)} options"
+            )
         return {
-            "id": str(row["id"]),
+            "id": str(raw_id),
             "question": question,
             "answer": letter,
             "options": options,
             "stem": stem,
-            "prompt_text": row["prompt"],
-            "gold_text": row["ground_truth"],
+            "prompt_text": prompt,
+            "gold_text": truth,
             "_remapped": remapped,
         }
 

@@ -25,9 +25,20 @@ from ftcli.tasks.base import (
     Span,
     available_splits,
     last_boxed_span,
+    last_match,
     select_split,
+    strip_span,
 )
-from ftcli.tasks.loading import data_file, read_records, resolve_root
+from ftcli.tasks.loading import (
+    Records,
+    check_field,
+    data_file,
+    read_records,
+    resolve_root,
+    row_error,
+)
+
+from ftcli.spans import scan_start
 
 log = logging.getLogger("ftcli.tasks")
 
@@ -49,6 +60,35 @@ def math_messages(question: str, style: str = "qwen25-math-cot") -> Messages:
             {"role": "user", "content": f"{question}\n{QWEN_MATH_SYSTEM}"},
         ]
     raise ValueError(f"unknown prompt_style {style!r}; known: {', '.join(PROMPT_STYLES)}")
+
+
+EXTRACTIONS = ("boxed", "boxed-or-last-math")
+MAX_FALLBACK_CHARS = 300  # a fallback answer (after "answer is", inline math) is short
+_ANSWER_IS = re.compile(r"answer is\s*:?\s*", re.IGNORECASE)
+_N = MAX_FALLBACK_CHARS
+_INLINE_MATH = re.compile(
+    rf"\$\$([^$]{{1,{_N}}})\$\$|\$([^$]{{1,{_N}}})\$|\\\((.{{1,{_N}}}?)\\\)|\\\[(.{{1,{_N}}}?)\\\]",
+    re.DOTALL,
+)
+_SENTENCE = re.compile(rf"[^\n]{{1,{_N}}}?(?=\.\s|\.?$|\n)")
+
+
+def last_math_span(response: str) -> Span | None:
+    """The answer of a response without a box (math-verify's and the Qwen2.5-Math grader's
+    fallback): after the last "answer is", its inline math (`The answer is $x = 2$.`) or the
+    rest of the sentence; else the last inline math (`$...$`, `$$...$$`, `\\(...\\)`,
+    `\\[...\\]`). Only the last `MAX_SCAN_CHARS` characters are searched."""
+    start = scan_start(response)
+    said = last_match(_ANSWER_IS, response, start)
+    if said is not None:
+        math = _INLINE_MATH.match(response, said.end())
+        if math is not None:
+            return strip_span(response, math.span(math.lastindex or 0))
+        sentence = _SENTENCE.match(response, said.end())
+        if sentence is not None:
+            return strip_span(response, sentence.span())
+    math = last_match(_INLINE_MATH, response, start)
+    return strip_span(response, math.span(math.lastindex or 0)) if math else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,6 +154,9 @@ class MathSource:
     fix_text: Callable[[str], str] = _unchanged
     extra_fields: tuple[str, ...] = ()
     holdout: dict[str, int] = field(default_factory=dict)  # carved from train
+    gold_field: str = "answer"  # the row field the gold comes from, checked as `gold_kind`
+    gold_kind: str = "scalar"  # a kind of `loading.KINDS`
+    allow_missing_gold: bool = False  # rows without a gold are skipped (else a DataError)
 
 
 def _benchmark(name: str, path: str, records: int, hub_id: str, **fields: Any) -> MathSource:
@@ -143,6 +186,7 @@ MATH_SOURCES: dict[str, MathSource] = {
         id_field=None,
         extra_fields=("difficulty", "type"),
         holdout={"validation": 500},
+        allow_missing_gold=True,  # 2 empty answers and 2 `$$`-only ones in MATH train
     ),
     "math500": _benchmark(
         "math500",
@@ -164,6 +208,8 @@ MATH_SOURCES: dict[str, MathSource] = {
         "Hothan/OlympiadBench (OE_TO_maths_en_COMP)",
         question_field="question",
         gold=gold_from_list,
+        gold_field="final_answer",
+        gold_kind="answers",
         extra_fields=("answer_type", "unit", "is_multiple_answer"),
     ),
     "minerva": _benchmark(
@@ -172,6 +218,8 @@ MATH_SOURCES: dict[str, MathSource] = {
         272,
         "math-ai/minervamath",
         gold=gold_from_solution,
+        gold_field="solution",
+        gold_kind="text",
         id_field="idx",
         extra_fields=("type",),
     ),
@@ -182,8 +230,11 @@ class MathTask:
     """A math benchmark: boxed-answer prompt, last-`\\boxed{}` answer span, sandboxed graders.
 
     Options: `data_root`, `prompt_style` (`qwen25-math-cot` | `qwen-boxed`), `grader` (the
-    verdict of `verify`/`reward`: `math_verify`, `sympy` or `any`), `grade_timeout` (seconds
-    per grader call), `val_size` / `val_seed` (validation carved from train).
+    verdict of `verify`/`reward`: `math_verify`, `sympy` or `any`), `grade_timeout` (CPU
+    seconds per grader call), `extraction` (`boxed`, the paper's protocol and the default,
+    or `boxed-or-last-math`: without a box, the math after the last "answer is", else the
+    last inline math, as math-verify and the Qwen2.5-Math grader do), `val_size` /
+    `val_seed` (validation carved from train).
     """
 
     def __init__(
@@ -195,9 +246,13 @@ class MathTask:
         grade_timeout: float | None = None,
         val_size: int | None = None,
         val_seed: int = 0,
+        extraction: str = "boxed",
     ):
         if grader not in (*grading.GRADERS, "any"):
             raise ValueError(f"unknown grader {grader!r}; known: math_verify, sympy, any")
+        if extraction not in EXTRACTIONS:
+            raise ValueError(f"unknown extraction {extraction!r}; known: {', '.join(EXTRACTIONS)}")
+        self.extraction = extraction
         math_messages("", prompt_style)  # validate early
         self.source, self.name = source, source.name
         self.root = resolve_root(data_root)
@@ -222,8 +277,8 @@ class MathTask:
         relpath = self.source.files[split]
         records = read_records(data_file(self.root, relpath))
         samples, missing = [], []
-        for i, row in enumerate(records.rows):
-            sample = self._sample(row, i, split)
+        for i in range(len(records.rows)):
+            sample = self._sample(records, i, split)
             if sample is None:
                 missing.append(i)
             else:
@@ -232,15 +287,26 @@ class MathTask:
             log.info("%s: %d record(s) without a gold answer skipped", relpath, len(missing))
         return samples
 
-    def _sample(self, row: dict, index: int, split: str) -> Sample | None:
-        gold = self.source.gold(row)
-        if gold is None:
+    def _sample(self, records: Records, index: int, split: str) -> Sample | None:
+        """One checked row (DataError `FILE:LINE: field ...` on a missing, null, empty or
+        mistyped question, gold or id); None for a row without a gold where the source
+        allows that."""
+        src, row = self.source, records.rows[index]
+        question = check_field(records, index, src.question_field, "text")
+        if src.allow_missing_gold and row.get(src.gold_field) in (None, "", []):
             return None
-        src = self.source
+        check_field(records, index, src.gold_field, src.gold_kind)
+        gold = src.gold(row)
+        if gold is None:
+            if src.allow_missing_gold:
+                return None
+            raise row_error(records, index, src.gold_field, "holds no gold answer")
         raw_id = row.get(src.id_field) if src.id_field else None
+        if raw_id is not None:
+            check_field(records, index, src.id_field, "id")
         sample = {
             "id": str(raw_id) if raw_id is not None else f"{split}-{index}",
-            "question": src.fix_text(str(row[src.question_field])),
+            "question": src.fix_text(question),
             "answer": gold,
         }
         sample.update({k: row.get(k) for k in src.extra_fields})
@@ -257,11 +323,16 @@ class MathTask:
 
     # -- verdicts ------------------------------------------------------------------------------
     def answer_span(self, response: str) -> Span | None:
-        """Content of the last brace-matched `\\boxed{...}`."""
-        return last_boxed_span(response)
+        """Content of the last brace-matched `\\boxed{...}`; without one, the fallback of
+        `extraction="boxed-or-last-math"` (`last_math_span`)."""
+        span = last_boxed_span(response)
+        if span is None and self.extraction == "boxed-or-last-math":
+            span = last_math_span(response)
+        return span
 
     def grade(self, response: str, sample: Sample) -> dict[str, Any]:
-        """Both graders' verdicts: `{extracted, math_verify, sympy, correct}`."""
+        """Both graders' verdicts: `{extracted, math_verify, sympy, correct, timeouts}`
+        (`timeouts`: `{grader: "cpu" | "wall"}` of the graders that ran out of time)."""
         return self._grade(response, sample, grading.GRADERS)
 
     def verify(self, response: str, sample: Sample) -> bool:
@@ -275,16 +346,18 @@ class MathTask:
 
     def _grade(self, response: str, sample: Sample, graders: tuple[str, ...]) -> dict[str, Any]:
         span = self.answer_span(response)
+        timeouts: dict[str, str] = {}
         if span is None:
             verdicts = {g: False for g in graders}
             extracted = None
         else:
             extracted = response[span[0] : span[1]]
-            verdicts = grading.grade_answer(
+            detail = grading.grade_answer_detailed(
                 extracted, sample["answer"], graders, timeout=self.grade_timeout
             )
+            verdicts, timeouts = detail["verdicts"], detail["timeouts"]
         if self.grader == "any":
             correct = any(verdicts.values())
         else:
             correct = verdicts.get(self.grader, False)
-        return {"extracted": extracted, **verdicts, "correct": correct}
+        return {"extracted": extracted, **verdicts, "correct": correct, "timeouts": timeouts}

@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import ftcli.ablate as ab
+import ftcli.experiments.stats as ab
 from ftcli.attention import capture_attention, mean_attention
 from ftcli.cli import app
 from ftcli.intervention import block_keys, blocked_mask
@@ -49,9 +49,9 @@ def test_same_answer_and_selection():
     assert not ab.same_answer("72", "27") and not ab.same_answer("7", None) and ab.same_answer(None, "")
     assert ab.same_answer("(1+2)*3", "(1 + 2) * 3") and not ab.same_answer("x+1", "x+2")
     s = torch.tensor([0.5, 0.0, 0.9, 0.9, 0.1, 0.0, 0.3, 0.2, 0.8, 0.4])
-    assert ab._select(s, 0.2, "top", 0).tolist() == [2, 3]  # ceil(0.2 * 10) = 2, ties to the earlier
-    assert ab._select(s, 0.2, "bottom", 0).tolist() == [1, 5]  # zeros are allowed at the bottom
-    r1, r2 = ab._select(s, 0.3, "random", 7), ab._select(s, 0.3, "random", 7)
+    assert ab.select_positions(s, 0.2, "top", 0).tolist() == [2, 3]  # ceil(0.2 * 10) = 2, ties to the earlier
+    assert ab.select_positions(s, 0.2, "bottom", 0).tolist() == [1, 5]  # zeros are allowed at the bottom
+    r1, r2 = ab.select_positions(s, 0.3, "random", 7), ab.select_positions(s, 0.3, "random", 7)
     assert r1.tolist() == r2.tolist() and len(r1) == 3 and len(set(r1.tolist())) == 3
 
 
@@ -244,9 +244,9 @@ def test_cli_intervene(toy, tmp_path, monkeypatch):
         assert r["arms"]["none"]["blocked"] == []
     assert (out / "intervene.png").stat().st_size > 0 and (out / "table.csv").is_file()
     # resumable: a rerun generates nothing new
-    import ftcli.generation as gen
+    import ftcli.experiments.intervene as iv
 
-    monkeypatch.setattr(gen, "generate", lambda *a, **k: pytest.fail("regenerated a finished problem"))
+    monkeypatch.setattr(iv, "generate", lambda *a, **k: pytest.fail("regenerated a finished problem"))
     _ok(runner.invoke(app, args))
     bad = runner.invoke(app, [*args[:-4], "--ratio", "0.5", "--out", str(out), "--keep-truncated"])
     assert bad.exit_code == 1 and "other settings (ratio)" in bad.output
@@ -272,12 +272,19 @@ def test_cli_format_and_tokens(toy, tmp_path):
     assert res["top_tokens"] and (out / "fig3_tokens.png").is_file()
 
 
-def test_token_class_rules_restrict_credit(tiny):
-    from ftcli.credit import CreditInputs, CreditOptions, compute_credit
+def test_token_class_filter_restricts_credit(tiny):
+    from ftcli.credit import (
+        CreditInputs,
+        CreditOptions,
+        compute_credit,
+        structural_lookup,
+        token_class_filter,
+    )
 
     model, tok = tiny
-    names = ab.register_token_class_rules(tok)
-    assert names == ("flow-structural", "flow-semantic")
+    assert token_class_filter(tok, "all") is None
+    with pytest.raises(ValueError, match="credit-tokens"):
+        token_class_filter(tok, "numbers")
     text = "Q: 1+2? A: 1 + 2 = 3, so 3."
     ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
     T = ids.shape[1]
@@ -288,9 +295,9 @@ def test_token_class_rules_restrict_credit(tiny):
     a[0, T - 2] = True
     W = mean_attention(model, ids)
     inputs = lambda: CreditInputs(ids, torch.ones(1, T, dtype=torch.bool), r, q, a, torch.ones(1), W=W.clone())  # noqa: E731
-    lut = ab.structural_lookup(tok)
-    for name, cls in zip(names, (True, False), strict=True):
-        cr = compute_credit(name, inputs(), CreditOptions(ratio=0.4))
+    lut = structural_lookup(tok)
+    for name, cls in zip(("structural", "semantic"), (True, False), strict=True):
+        cr = compute_credit("flow", inputs(), CreditOptions(ratio=0.4, token_filter=token_class_filter(tok, name)))
         credited = cr.credited[0].nonzero()[:, 0]
         assert len(credited) > 0 and all(bool(lut[ids[0, t]]) == cls for t in credited)
 

@@ -13,15 +13,9 @@ from typer.testing import CliRunner
 
 import ftcli.evaluate as ev
 import ftcli.generation as gen
+import ftcli.suites as suites
 from ftcli.cli import app
-from ftcli.evaluate import (
-    EvalError,
-    Target,
-    collect_results,
-    evaluate,
-    load_suite,
-    resolve_checkpoint,
-)
+from ftcli.evaluate import Target, collect_results, evaluate, resolve_checkpoint
 from ftcli.metrics import (
     MetricError,
     avg_at_k,
@@ -35,6 +29,7 @@ from ftcli.metrics import (
     standard_metrics,
 )
 from ftcli.models import load_model
+from ftcli.suites import EvalError, load_suite
 
 runner = CliRunner()
 
@@ -103,7 +98,7 @@ def test_disagreement_and_panel():
 # suites and checkpoints
 # ---------------------------------------------------------------------------------------------
 def test_shipped_suites():
-    names = ev.list_suites()
+    names = suites.list_suites()
     for s in ["aime24", "aime25", "amc23", "math500", "olympiadbench", "minerva", "gsm8k",
               "countdown", "crossthinkqa", "math", "paper-llama"]:
         assert s in names
@@ -115,7 +110,7 @@ def test_shipped_suites():
     assert load_suite("amc23").benchmarks[0].metric == "pass@1"
     with pytest.raises(EvalError, match="unknown suite 'nope' \\(known: .*aime24"):
         load_suite("nope")
-    o = ev.apply_overrides(a, n=4, seed=3)
+    o = suites.apply_overrides(a, n=4, seed=3)
     assert (o.metric, o.n, o.seed) == ("avg@4", 4, 3)
 
 

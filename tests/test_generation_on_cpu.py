@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ftcli.generation import (
+    COMPACT_FRACTION,
     GenerationError,
     Rollout,
     encode_prompt,
@@ -189,3 +190,69 @@ def test_row_sampler_matches_distribution():
     assert torch.allclose(freq, torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.03)
     top2 = _RowSampler(list(range(B)), 1.0, 2, 1.0)(None, logits).argmax(-1)
     assert set(top2.tolist()) == {0, 1}
+
+
+@pytest.fixture(scope="module")
+def mt64(mt):
+    """The EOS-biased tiny model in float64: the two decode paths differ only by float
+    rounding of another batch shape, far below float32 logits' resolution."""
+    import copy
+
+    model, tok = mt
+    return copy.deepcopy(model).double(), tok
+
+
+@pytest.mark.parametrize(
+    ("kw", "batch_size"),
+    [
+        ({"seed": 11}, 64),  # all rows in one batch: 3 prompts (one repeated) x 5
+        ({"seed": 12, "top_k": 40, "top_p": 0.95, "temperature": 1.3}, 7),  # groups split across batches
+        ({"temperature": 0.0}, 64),  # greedy
+    ],
+)
+def test_compact_path_matches_reference_token_for_token(mt64, kw, batch_size):
+    model, tok = mt64
+    prompts = _prompts(tok)
+    prompts = prompts + [prompts[0]]  # a repeated prompt: shares a prefill, draws fresh samples
+    common = dict(n=5, max_new_tokens=24, batch_size=batch_size, **kw)
+    new = generate(model, tok, prompts, **common)
+    ref = generate(model, tok, prompts, compact=False, **common)
+    assert _ids(new) == _ids(ref)
+    for gn, gr in zip(new, ref, strict=True):
+        for a, b in zip(gn, gr, strict=True):
+            assert (a.finished, a.response_text, a.response_offsets, a.prompt_ids) == (
+                b.finished, b.response_text, b.response_offsets, b.prompt_ids)
+    if kw.get("temperature", 1.0) > 0:
+        lengths = [len(r.response_ids) for g in new for r in g]
+        assert len(set(lengths)) > 3  # rows finished at many different steps
+        assert sum(r.finished for g in new for r in g) > len(lengths) // 2
+    if kw.get("seed") == 11:
+        assert {r.finished for g in new for r in g} == {True, False}  # and some were cut
+
+
+def test_compact_path_prefills_each_prompt_once_and_drops_finished_rows(mt):
+    model, tok = mt
+    prompts = _prompts(tok)
+    prompts = prompts + [prompts[1]]
+    shapes = []  # input_ids shape of every forward call
+
+    def hook(module, args, kwargs):
+        shapes.append(tuple(kwargs["input_ids"].shape))
+
+    h = model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        out = generate(model, tok, prompts, n=6, max_new_tokens=MAX_NEW, seed=5, batch_size=64)
+    finally:
+        h.remove()
+    assert shapes[0][0] == 3 and shapes[0][1] > 1  # one prefill row per distinct prompt
+    decode = [b for b, t in shapes[1:]]
+    assert all(t == 1 for _, t in shapes[1:])
+    assert decode == sorted(decode, reverse=True) and decode[0] > decode[-1]  # rows only ever leave
+    lengths = [len(r.response_ids) for g in out for r in g]
+    assert len(decode) == max(lengths) - 1  # stops with the last unfinished row
+    # a decode step feeds the rows still unfinished (each yields one more useful token; a
+    # row's first comes from the prefill) plus fewer than the compaction threshold of
+    # finished rows waiting to be dropped
+    threshold = max(1, int(COMPACT_FRACTION * 24))
+    assert sum(decode) <= sum(lengths) - 24 + len(decode) * (threshold - 1)
+    assert sum(decode) < 24 * len(decode)  # the reference decodes every row at every step

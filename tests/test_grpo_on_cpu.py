@@ -42,7 +42,9 @@ def test_all_weights_one_is_exactly_plain_grpo():
         lp = grpo.token_logprobs(z, tgt)
         old = lp.detach() + 0.1 * torch.sin(torch.arange(6.0))  # off-policy: clipping active
         lt, c = grpo.clipped_surrogate(lp, old, adv, weights, 0.2, 0.28)
-        loss = grpo.aggregate_loss(lt, mask, "token-mean", grpo.agg_normaliser("token-mean", mask.sum(), 3))
+        loss = grpo.aggregate_loss(
+            lt, mask, "token-mean", grpo.agg_normaliser("token-mean", mask.sum(), 3)
+        )
         loss.backward()
         return loss.detach(), z.grad.clone(), c
 
@@ -119,7 +121,11 @@ def test_aggregation_invariant_to_micro_batch_split_and_ranks(mode):
     else:
         ref = (theta**2 * m).sum() / (B * T)
     assert torch.allclose(full, ref)
-    for split in ([slice(0, 3), slice(3, 8)], [slice(i, i + 1) for i in range(B)], [slice(0, 4), slice(4, 8)]):
+    for split in (
+        [slice(0, 3), slice(3, 8)],
+        [slice(i, i + 1) for i in range(B)],
+        [slice(0, 4), slice(4, 8)],
+    ):
         total = sum(loss_of(s) for s in split)
         (g,) = torch.autograd.grad(total, theta)
         assert torch.allclose(total, full, atol=1e-6) and torch.allclose(g, g_full, atol=1e-7)
@@ -138,3 +144,60 @@ def test_agg_errors():
         grpo.agg_normaliser("seq-mean", 1, 1)
     with pytest.raises(ValueError, match="norm_len"):
         grpo.agg_normaliser("seq-mean-token-sum-norm", 1, 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_equal_rewards_give_exactly_zero_advantage_whatever_the_batch(dtype):
+    # issue 12: fp32 gave |A| up to 0.06 for [0.7]*8 (0.056034 alone, 0.059605 with a neighbour)
+    alone = torch.tensor([0.7] * 8, dtype=dtype)
+    with_other = torch.tensor([0.7] * 8 + [1.0, 0.0] * 4, dtype=dtype)
+    before_other = torch.tensor([0.0, 1.0] * 4 + [0.7] * 8, dtype=dtype)
+    assert torch.equal(grpo.group_advantages(alone, 8), torch.zeros(8))
+    assert torch.equal(grpo.group_advantages(with_other, 8)[:8], torch.zeros(8))
+    assert torch.equal(grpo.group_advantages(before_other, 8)[8:], torch.zeros(8))
+    for g in (2, 3, 16, 64):
+        r = torch.full((3 * g,), 0.1, dtype=dtype)
+        r[g : 2 * g] = torch.rand(g).to(dtype)  # a group with signal in the middle
+        a = grpo.group_advantages(r, g)
+        assert torch.equal(a[:g], torch.zeros(g)) and torch.equal(a[2 * g :], torch.zeros(g))
+        assert torch.equal(grpo.group_advantages(r, g, norm_std=False)[:g], torch.zeros(g))
+
+
+def test_group_advantages_do_not_depend_on_the_other_groups():
+    torch.manual_seed(0)
+    g = torch.rand(8)
+    a_alone = grpo.group_advantages(g, 8)
+    a_batch = grpo.group_advantages(torch.cat([torch.rand(8), g, torch.rand(16)]), 8)[8:16]
+    assert torch.equal(a_alone, a_batch)
+
+
+def test_dual_clip_caps_the_loss_of_negative_advantages_by_hand():
+    # log-ratios: rho = 5 (far above 1 + eps), 0.5, 1.1, 5 ; c = 3, eps = 0.2
+    lp = torch.log(torch.tensor([[5.0, 0.5, 1.1, 5.0]]))
+    old = torch.zeros(1, 4)
+    adv = torch.tensor([[-1.0, -1.0, -1.0, 2.0]])
+    loss, _ = grpo.clipped_surrogate(lp, old, adv, None, 0.2, 0.2, clip_ratio_c=3.0)
+    # A<0: l = min(max(-A rho, -A clip(rho)), -A c)
+    #   rho=5:   max(5, 1.2) = 5 -> capped at 3
+    #   rho=0.5: max(0.5, 0.8) = 0.8 (< 3, unchanged)
+    #   rho=1.1: max(1.1, 1.1) = 1.1
+    # A>0 (rho=5): -min(10, 2.4) = -2.4, dual clip does not apply
+    expected = torch.tensor([[3.0, 0.8, 1.1, -2.4]])
+    assert torch.allclose(loss, expected, atol=1e-5)
+    plain, _ = grpo.clipped_surrogate(lp, old, adv, None, 0.2, 0.2)
+    assert torch.allclose(plain, torch.tensor([[5.0, 0.8, 1.1, -2.4]]), atol=1e-5)
+    # with credit weights the cap is -c * gamma * A
+    w = torch.tensor([[0.5, 1.0, 1.0, 1.0]])
+    lw, _ = grpo.clipped_surrogate(lp, old, adv, w, 0.2, 0.2, clip_ratio_c=3.0)
+    assert torch.allclose(lw[0, 0], torch.tensor(1.5))
+    # gradient through a capped token is zero (constant), like verl
+    lp2 = lp.clone().requires_grad_(True)
+    grpo.clipped_surrogate(lp2, old, adv, None, 0.2, 0.2, clip_ratio_c=3.0)[0].sum().backward()
+    assert lp2.grad[0, 0] == 0
+
+
+@pytest.mark.parametrize("c", [1.0, 0.5, -2.0, float("nan")])
+def test_dual_clip_ratio_must_exceed_one(c):
+    x = torch.zeros(1, 2)
+    with pytest.raises(ValueError, match="clip_ratio_c"):
+        grpo.clipped_surrogate(x, x, torch.ones(1), clip_ratio_c=c)

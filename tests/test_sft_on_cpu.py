@@ -12,19 +12,9 @@ from ftcli.tasks.countdown import make_sample, solve
 
 from ftcli.generation import generate, render_prompt
 from ftcli.models import CHAT_TEMPLATE, DEFAULT_POLICY_DIR
-from ftcli.policy import (
-    IM_END,
-    SPECIAL_TOKENS,
-    TAG_TOKENS,
-    TraceOptions,
-    countdown_examples,
-    countdown_trace,
-    new_policy_model,
-    parse_expression,
-    round_to_fp16,
-    save_policy,
-    train_tokenizer,
-)
+from ftcli.policy import IM_END, SPECIAL_TOKENS, TAG_TOKENS
+from ftcli.policy.model import new_policy_model, round_to_fp16, save_policy, train_tokenizer
+from ftcli.policy.traces import TraceOptions, countdown_examples, countdown_trace, expression_tree
 from ftcli.sft import IGNORE, SFTConfig, collate, encode_example, response_loss, sft_train
 
 
@@ -73,8 +63,8 @@ def test_trace_from_the_task_solver_and_failed_tries(task):
     resp = countdown_trace(nums, target, expr, random.Random(0), TraceOptions(fail_probs=(0, 0, 0, 1)))
     assert task.reward(resp, make_sample(nums, target, "x")) == 1.0
     assert resp.count("\n") == 6  # 3 failed tries + the solution + </think> + answer
-    assert parse_expression("(79 - 60) + 17").text() == "(79 - 60) + 17"
-    assert [s[1] for s in parse_expression("(79 - 60) + 17").steps()] == ["-", "+"]
+    assert expression_tree("(79 - 60) + 17").text() == "(79 - 60) + 17"
+    assert [s[1] for s in expression_tree("(79 - 60) + 17").steps()] == ["-", "+"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,9 +7,8 @@ from ftcli.tasks import generate_problems, solve
 from ftcli.tasks.countdown import evaluate, parse_expression
 
 from ftcli import get_task
-from ftcli.config import data_root
 
-needs_data = pytest.mark.skipif(not data_root().is_dir(), reason="no benchmark data")
+needs_data = pytest.mark.needs_data  # conftest: fetched from FT_DATA_MIRROR, else skipped
 
 SAMPLE = {"id": "t", "question": "q", "answer": "36", "numbers": [79, 17, 60], "target": 36}
 

@@ -7,9 +7,8 @@ from ftcli.tasks import loading
 from ftcli.tasks.crossthinkqa import gold_letter, split_prompt
 
 from ftcli import get_task
-from ftcli.config import data_root
 
-needs_data = pytest.mark.skipif(not data_root().is_dir(), reason="no benchmark data")
+needs_data = pytest.mark.needs_data  # conftest: fetched from FT_DATA_MIRROR, else skipped
 
 PROMPT = (
     "Answer the following single choice question. Please reason step by step, and put the "
@@ -85,3 +84,42 @@ def test_real_file_gold_remap_truncated_line_and_splits(caplog, monkeypatch):
     assert by_id["2000142"]["answer"] == "B"  # gold "A. Devaluing..." is option B
     for x in everything:
         assert x["question"] in task.prompt(x)[0]["content"]
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        # issue 12: one answer is one option letter
+        "\\boxed{F and A}",
+        "\\boxed{F, A}",
+        "\\boxed{F/A}",
+        "\\boxed{F or A}",
+        "\\boxed{F \\text{ and } A}",
+        "\\boxed{F A}",
+        "The answer is not F, it is A.",
+        "The answer is F or A.",
+    ],
+)
+def test_a_span_naming_several_options_is_wrong(response):
+    task = get_task("crossthinkqa")
+    sample = dict(SAMPLE, answer="F")
+    graded = task.grade(response, sample)
+    assert graded["correct"] is False and graded["extracted"] is None
+    assert task.reward(response, sample) < 0
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        "\\boxed{F}",
+        "\\boxed{(F)}",
+        "\\boxed{F: Paris}",
+        "\\boxed{\\textbf{F}}",
+        "\\boxed{Option F}",
+        "The answer is **F**.",
+        "The answer is F. A is wrong.",
+        "the answer is (F) because A fails",
+    ],
+)
+def test_one_option_letter_is_right(response):
+    assert get_task("crossthinkqa").verify(response, dict(SAMPLE, answer="F")) is True

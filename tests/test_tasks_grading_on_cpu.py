@@ -6,8 +6,14 @@ from other threads and from a forked worker process.
 """
 
 import multiprocessing
+import os
+import subprocess
+import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from fractions import Fraction
+from pathlib import Path
 
 import pytest
 from ftcli.tasks import grading
@@ -74,12 +80,129 @@ def test_screen_lets_ordinary_answers_through():
         assert grading.screen(expr) is None, expr
 
 
-def test_deadline_kills_a_hung_grader_and_the_next_grade_works():
-    start = time.monotonic()
-    reply = grading.grade_unscreened("math_verify", "9^{9^{9^{9}}}", "3", timeout=1.0)
-    assert reply["ok"] is False and "timed out" in reply["error"]
-    assert time.monotonic() - start < 3
+def test_wall_cap_kills_a_hung_grader_and_the_next_grade_works():
+    # a CPU budget far above the wall cap: the wall cap (the backstop) kills the worker
+    reply = grading.grade_unscreened("math_verify", "9^{9^{9^{9}}}", "3", timeout=1.0, cpu=60)
+    assert reply["ok"] is False and "timed out" in reply["error"] and reply["timeout"]
     assert grading.grade_answer("\\frac{6}{2}", "3") == {"math_verify": True, "sympy": True}
+
+
+def test_cpu_budget_stops_a_grader_without_killing_the_worker():
+    # issue 12: a grade must not depend on machine load, so the budget is CPU time
+    grading.grade_answer("1", "1")  # the worker is up
+    pids = _grader_pids(os.getpid())
+    reply = grading.grade_unscreened("math_verify", "9^{9^{9^{9}}}", "3", timeout=60, cpu=0.5)
+    assert reply == {"ok": False, "error": "cpu budget of 0.5s exceeded"}
+    assert _grader_pids(os.getpid()) == pids  # the same worker carries on
+    assert grading.grade_answer("\\frac{6}{2}", "3") == {"math_verify": True, "sympy": True}
+
+
+def test_timeouts_are_counted_for_results(monkeypatch):
+    grading.reset_timeout_counts()
+    monkeypatch.setattr(grading, "screen", lambda text: None)
+    detail = grading.grade_answer_detailed("9^{9^{9^{9}}}", "3", timeout=0.5)
+    assert detail["verdicts"] == {"math_verify": False, "sympy": False}
+    assert detail["timeouts"] == {"math_verify": "cpu"}  # sympy refuses the tower at once
+    assert grading.timeout_counts() == {"cpu": 1, "wall": 0}
+    grading.reset_timeout_counts()
+    assert grading.timeout_counts() == {"cpu": 0, "wall": 0}
+    graded = get_task("math500").grade("\\boxed{9^{9^{9^{9}}}}", SAMPLE)
+    assert graded["timeouts"] == {"math_verify": "cpu"} and graded["correct"] is False
+
+
+ISSUE_12_SLOW = [
+    "\\exp(\\exp(\\exp(\\exp(100))))",
+    "9^{(9)^{(9)^{(9)}}}",
+    "1e99999999999",
+    "((99)!)!",
+    "{" * 64 + "1" + "}" * 64,
+    "{" * 12 + "1" + "}" * 12,
+    "e^{e^{e^{100}}}",
+    "(x+1)^{9999}",
+    "\\left(x+1\\right)^{500}",
+    "99!!",
+    "\\sin(10^{99999})",
+    "\\cos(1e99999)",
+]
+
+
+@pytest.mark.parametrize("expr", ISSUE_12_SLOW)
+def test_screen_refuses_the_inputs_that_used_the_whole_deadline(expr):
+    assert grading.screen(expr) is not None
+    assert grading.grade_answer_detailed(expr, "3")["refused"] is not None
+
+
+def test_prepare_drops_a_final_period_and_reads_repeating_decimals():
+    assert grading.prepare("284.") == "284"
+    assert grading.prepare("\\text{Evelyn}.") == "\\text{Evelyn}"
+    assert grading.prepare("\\text{Evelyn.}") == "\\text{Evelyn}"
+    assert grading.prepare("0.\\overline{3}") == "\\frac{1}{3}"
+    assert grading.prepare("2.\\overline{09}") == "\\frac{23}{11}"
+    assert grading.prepare("1\\ldots") == "1\\ldots" and grading.prepare("3.5") == "3.5"
+    assert grading.repeating_decimal("0", "8", "3") == Fraction(5, 6)
+
+
+def _grader_pids(parent: int) -> set[int]:
+    """Pids of the live (not zombie) children of `parent` (Linux /proc)."""
+    pids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == parent and fields[0] != "Z":
+            pids.add(int(stat.parent.name))
+    return pids
+
+
+_BUSY_PARENT = """
+from ftcli.tasks import grading
+grading.grade_answer("1", "1")
+print("ready", flush=True)
+grading.grade_unscreened("math_verify", "9^{9^{9^{9}}}", "3", timeout=600, cpu=600)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_worker_dies_with_its_parent_killed_by_sigkill():
+    # issue 12: a worker busy on a hostile input outlived its SIGKILLed parent (alive at 150 s)
+    parent = subprocess.Popen([sys.executable, "-c", _BUSY_PARENT], stdout=subprocess.PIPE)
+    try:
+        assert parent.stdout.readline().strip() == b"ready"
+        workers = _grader_pids(parent.pid)
+        assert len(workers) == 1
+        time.sleep(0.5)  # the worker is now busy on the tower
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while any(Path(f"/proc/{w}").exists() and _alive(w) for w in workers):
+            assert time.monotonic() < deadline, "the grading worker outlived its parent"
+            time.sleep(0.1)
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_worker_started_from_a_finished_thread_stays_alive():
+    # PR_SET_PDEATHSIG fires when the starting THREAD ends: workers start from a keeper thread
+    grading.shutdown()
+    before = _grader_pids(os.getpid())
+    worker = threading.Thread(target=grading.grade_answer, args=("1", "1"))
+    worker.start()
+    worker.join()
+    started = _grader_pids(os.getpid()) - before
+    assert len(started) == 1
+    time.sleep(0.5)
+    assert grading.grade_answer("\\frac{6}{2}", "3") == {"math_verify": True, "sympy": True}
+    assert started <= _grader_pids(os.getpid())  # the same worker, still alive
 
 
 @pytest.mark.parametrize("op", grading.GRADERS)

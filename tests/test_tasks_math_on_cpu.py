@@ -6,9 +6,8 @@ from ftcli.tasks.grading import grade_answer
 from ftcli.tasks.math import clean_gold
 
 from ftcli import get_task
-from ftcli.config import data_root
 
-needs_data = pytest.mark.skipif(not data_root().is_dir(), reason="no benchmark data")
+needs_data = pytest.mark.needs_data  # conftest: fetched from FT_DATA_MIRROR, else skipped
 
 # (prediction, gold, math-verify verdict, sympy-grader verdict)
 GOLDEN = [
@@ -38,6 +37,15 @@ GOLDEN = [
     ("2", "3", False, False),
     ("2x", "2", False, False),
     ("\\frac{1}{3}", "0.33", False, False),
+    # issue 12: a period inside the box, repeating decimals
+    ("\\text{Evelyn}.", "\\text{Evelyn}", True, True),
+    ("284.", "284", True, True),
+    ("0.\\overline{3}", "\\frac{1}{3}", True, True),
+    ("0.\\overline{5}", "\\frac59", True, True),
+    ("0.1\\overline{6}", "\\frac{1}{6}", True, True),
+    ("1.\\overline{142857}", "\\frac{8}{7}", True, True),
+    ("0.\\overline{3}", "0.3", False, False),
+    ("0.\\overline{3}", "\\frac{1}{4}", False, False),
 ]
 
 
@@ -56,6 +64,7 @@ def test_grade_uses_last_boxed_and_reports_both_graders():
         "math_verify": True,
         "sympy": True,
         "correct": True,
+        "timeouts": {},
     }
     assert task.verify(response, sample) and task.reward(response, sample) == 1.0
     assert not task.verify("The answer is 1/2.", sample)  # no box, no verdict
@@ -151,3 +160,18 @@ def test_prompt_styles_carry_the_question_verbatim():
         assert sample["question"] in user
         assert any("\\boxed{}" in m["content"] for m in messages)
     assert get_task("math500").assistant_prefix(sample) == ""
+
+
+def test_without_a_box_the_fallback_is_an_option():
+    # issue 12: "The answer is $x = 2$" is right under math-verify's fallback, wrong under
+    # the paper's boxed protocol (the default)
+    sample = {"id": "t", "question": "q", "answer": "2"}
+    boxed, fallback = get_task("math500"), get_task("math500", extraction="boxed-or-last-math")
+    for response in ("The answer is $x = 2$.", "So $y=5$ and hence $x = 2$", "The answer is 2."):
+        assert boxed.verify(response, sample) is False
+        assert fallback.verify(response, sample) is True, response
+    assert fallback.grade("The answer is $x = 3$.", sample)["correct"] is False
+    assert fallback.grade("\\boxed{3} The answer is $2$.", sample)["extracted"] == "3"
+    assert fallback.answer_span("no math here") is None
+    with pytest.raises(ValueError, match="extraction"):
+        get_task("math500", extraction="anything")

@@ -13,10 +13,9 @@ from typer.testing import CliRunner
 
 from ftcli import get_task, list_tasks
 from ftcli.cli import app
-from ftcli.config import data_root
 from ftcli.spans import find_question_span
 
-needs_data = pytest.mark.skipif(not data_root().is_dir(), reason="no benchmark data")
+needs_data = pytest.mark.needs_data  # conftest: fetched from FT_DATA_MIRROR, else skipped
 
 BUILTIN = [
     "math",

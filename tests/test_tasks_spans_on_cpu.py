@@ -66,3 +66,20 @@ def test_question_span_found_in_the_rendered_prompt(tok):
     assert span is not None and text[span[0] : span[1]] == sample["question"]
     _, _, ids = _tokens_of(tok, text, span)
     assert sample["question"] in tok.decode(ids)
+
+
+def test_boxed_span_search_is_bounded():
+    # issue 12: last_boxed_span('}' * 10**7) took 6.3 s (the cap applied after extraction)
+    from ftcli.spans import MAX_SCAN_CHARS, last_boxed_span
+
+    assert last_boxed_span("}" * 10**7) is None
+    text = "}" * 10**7 + "\\boxed{42}"
+    assert text[slice(*last_boxed_span(text))] == "42"
+    # only the last MAX_SCAN_CHARS characters are searched: an earlier box is not seen
+    assert last_boxed_span("\\boxed{1}" + "x" * MAX_SCAN_CHARS) is None
+    assert last_boxed_span("\\boxed{" + "}" * 10**7) is None
+    nested = "\\boxed{" + "{" * 10**6 + "1" + "}" * 10**6 + "}"
+    assert last_boxed_span(nested) is None  # opened before the window
+    # the usual cases still hold
+    assert last_boxed_span("a \\boxed{\\frac{1}{2}} b \\boxed{3} c") == (31, 32)
+    assert last_boxed_span("\\boxed{\\boxed{1} + 2}") == (7, 20)  # outermost

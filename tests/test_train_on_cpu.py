@@ -16,7 +16,8 @@ import textwrap
 import pytest
 import torch
 
-from ftcli.trainer import PRESETS, resolve_config, train
+from ftcli.train.config import PRESETS, resolve_config
+from ftcli.train.loop import train
 
 TOY_TASK = textwrap.dedent(
     '''
@@ -222,7 +223,7 @@ def test_ctrl_c_after_the_update_finishes_the_step(tmp_path):
     """A Ctrl-C once the weights have changed is held: the step is logged and saved, then stop."""
     import signal
 
-    from ftcli.trainer import Trainer
+    from ftcli.train.loop import Trainer
 
     class Interrupted(Trainer):
         def update(self, seqs, timer):
@@ -296,7 +297,8 @@ WORKER = TOY_TASK + textwrap.dedent(
     '''
     import hashlib, os, sys, torch
     torch.set_num_threads(1)
-    from ftcli.trainer import Trainer, resolve_config
+    from ftcli.train.config import resolve_config
+    from ftcli.train.loop import Trainer
     cfg = resolve_config(model="tiny-qwen3", prompts=2, group_size=4, micro_batch=int(sys.argv[3]),
                          max_new_tokens=16, lr=1e-3, progress=False, credit="flow", steps=2, val_every=0,
                          zero_stage=int(sys.argv[2]), out=sys.argv[1])

@@ -9,8 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+import torch
 import typer
+from rich.console import Console
+from rich.table import Table
 from typer.core import TyperGroup
+
+from ftcli.progress import progress_bar
+from ftcli.suites import list_suites, load_suite
 
 EPILOG = """Examples:
 
@@ -67,11 +73,7 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Evaluate on SUITE; writes samples.jsonl and results.json (resumes if interrupted)."""
-    import torch
-    from rich.console import Console
-
-    from ftcli.evaluate import evaluate, load_suite, results_table
-    from ftcli.progress import progress_bar
+    from ftcli.evaluate import evaluate, results_table  # imported here: `ft --help` stays fast
 
     load_suite(suite)  # fail fast on an unknown suite (lists the known ones)
     if device is None:
@@ -95,9 +97,10 @@ def compare(
     b: str = typer.Argument(..., help="The other one; Δ = B - A."),
 ):
     """Print two runs' eval results side by side with deltas (common benchmarks)."""
-    from rich.console import Console
-
-    from ftcli.evaluate import collect_results, results_table
+    from ftcli.evaluate import (  # imported here: `ft --help` stays fast
+        collect_results,
+        results_table,
+    )
 
     la, ra = collect_results(a)
     lb, rb = collect_results(b)
@@ -109,10 +112,7 @@ def compare(
 @eval_app.command("list")
 def list_cmd():
     """List the suites (benchmarks with their protocol, then groups)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from ftcli.evaluate import list_suites, load_suite, protocol_str
+    from ftcli.evaluate import protocol_str  # imported here: `ft --help` stays fast
 
     t = Table(title="eval suites")
     t.add_column("suite")

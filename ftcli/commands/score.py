@@ -6,8 +6,11 @@ import json
 from pathlib import Path
 
 import typer
+from rich.console import Console
 
-from ftcli.models import DEFAULT_MODEL
+from ftcli.io import atomic_write_text
+from ftcli.models import DEFAULT_MODEL, load_model
+from ftcli.progress import progress_bar
 
 EPILOG = """Examples:
 
@@ -51,12 +54,7 @@ def score(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-token view in the terminal."),
 ):
     """Compute FlowTracer token credit for responses and show it token by token."""
-    from rich.console import Console
-
-    from ftcli.io import atomic_write_text
-    from ftcli.models import load_model
-    from ftcli.progress import progress_bar
-    from ftcli.render import render_html, render_terminal
+    from ftcli.render import render_html, render_terminal  # imported here: `ft --help` stays fast
     from ftcli.scoring import score_pairs
 
     if input is not None:

@@ -1,6 +1,6 @@
 """`ft train`: GRPO with token credit on a DeepSpeed engine.
 
-The options are generated from `ftcli.trainer.TrainConfig` (one source of truth for names,
+The options are generated from `ftcli.train.config.TrainConfig` (one source of truth for names,
 defaults and help); an option left out takes the `--preset` value, then the dataclass default.
 """
 
@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import typing
 from dataclasses import fields
 from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.console import Console
+
+from ftcli.credit import describe_rules
+from ftcli.train.config import PRESETS, TrainConfig, resolve_config
+from ftcli.train.rundir import RunDir
 
 EPILOG = """Examples:
 
@@ -44,8 +50,6 @@ def _option_type(tp):
 
 
 def _build_params() -> list[inspect.Parameter]:
-    from ftcli.trainer import PRESETS, TrainConfig
-
     hints = typing.get_type_hints(TrainConfig)
     kw = inspect.Parameter.KEYWORD_ONLY
     params = [
@@ -79,8 +83,6 @@ def _build_params() -> list[inspect.Parameter]:
 
 def _resumed_options(out: str, given: dict) -> tuple[str, dict]:
     """(preset, options) of a saved run, with the explicitly given resumable options applied."""
-    from ftcli.trainer import TrainConfig
-
     saved = json.loads((Path(out) / "config.json").read_text(encoding="utf-8"))
     names = {f.name for f in fields(TrainConfig)}
     opts = {k: v for k, v in saved.items() if k in names and k != "preset"}
@@ -98,9 +100,7 @@ def _resumed_options(out: str, given: dict) -> tuple[str, dict]:
 
 
 def _train_command(**kw):
-    from rich.console import Console
-
-    from ftcli.trainer import resolve_config, train
+    from ftcli.train.loop import train  # imported here: `ft --help` stays fast
 
     preset, resume = kw.pop("preset"), kw.pop("resume")
     kw.pop("local_rank", None)
@@ -115,11 +115,9 @@ def _train_command(**kw):
 
 
 def _summary(console, run_dir: Path, cfg) -> None:
-    import os
-
     if os.environ.get("RANK", "0") != "0" or not cfg.progress:
         return
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    rows = RunDir(run_dir).metrics()
     vals = [r["val_accuracy"] for r in rows if "val_accuracy" in r]
     rows = [r for r in rows if "reward_mean" in r]  # training steps (step 0 holds only a validation)
     if not rows:
@@ -158,6 +156,6 @@ def register(app: typer.Typer) -> None:
     app.command(
         "train",
         epilog=EPILOG,
-        help="Train with GRPO and pluggable token credit (flow, none, random, entropy, gradient, "
-        "correlation, attention) on a DeepSpeed ZeRO engine; writes a run directory.",
+        help=f"Train with GRPO and pluggable token credit ({describe_rules()}) on a DeepSpeed ZeRO "
+        "engine; writes a run directory.",
     )(make_command())

@@ -1,0 +1,93 @@
+"""The default policy: a small Qwen3 trained from scratch on Countdown solver traces.
+
+    from ftcli.policy.recipe import build_default_policy
+    build_default_policy("ftcli/assets/default-policy", seed=0)   # the shipped checkpoint
+
+Three pieces, all deterministic for a given seed:
+
+1. Traces (`traces.countdown_trace`). A response in the TinyZero format that continues the task's
+   pre-filled assistant turn (`task.assistant_prefix`, which ends with `<think>`): a few tried
+   combinations, one per line, each a chain of binary steps `a op b = v`, ending with the
+   working one, then `</think>` and `<answer>expr</answer>`:
+
+       <think>                                              <- prompt (assistant prefix)
+       79 + 60 = 139 [17, 139]; 139 - 17 = 122              <- a failed try (0-3, distinct)
+       79 - 60 = 19 [17, 19]; 19 + 17 = 36                  <- the solution's steps
+       </think>
+       <answer>(79 - 60) + 17</answer><|im_end|>
+
+   After every step but the last, `[...]` lists the values still to be used (the problem's
+   numbers in prompt order, the new value last): the model copies operands from right there
+   instead of tracking by itself which numbers are used, which halves its copy errors (on
+   300 validation problems at T=1: 269 -> 141).
+
+   The trace records a random search: failed tries are random `+`/`-` combinations, each the
+   one nearest the target among a few draws; the solution is the first random combination
+   (non-negative integer steps, `+ -` more often than `* /`) that hits the target, else the
+   task's exhaustive `solve` if its steps are non-negative integers (else the problem is
+   skipped, about 1% of them). `+` and `*` always put the larger operand first. So the model
+   learns "copy numbers, compute, compare with the target, try again", on easy arithmetic.
+   Responses are 20-200 tokens (mean about 80).
+
+2. A byte-level BPE tokenizer (`model.train_tokenizer`) trained with `tokenizers` on those
+   prompts and traces. Digits are always single tokens (arithmetic is learnt digit by digit),
+   and BPE merges run across spaces, so the fixed instruction text of the Countdown prompt
+   collapses into a handful of tokens: a prompt is about 45 tokens.
+   ChatML specials (`<|pad|>`, `<|im_start|>`, `<|im_end|>`) are special tokens; the tags
+   `<think>`, `</think>`, `<answer>`, `</answer>` are atomic added tokens that are *not*
+   special, so decoding with `skip_special_tokens=True` keeps them (the verifier needs them).
+
+3. `Qwen3ForCausalLM` from scratch (`model.new_policy_model`, sizes in `MODEL_SIZES`), trained by
+   `ftcli.sft.sft_train` with the loss on response tokens only (`recipe.build_policy`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PAD, IM_START, IM_END = "<|pad|>", "<|im_start|>", "<|im_end|>"
+SPECIAL_TOKENS = (PAD, IM_START, IM_END)
+TAG_TOKENS = ("<think>", "</think>", "<answer>", "</answer>")
+
+# Model sizes (Qwen3, tied embeddings, GQA). Parameter counts are for a ~600-token vocab.
+MODEL_SIZES: dict[str, dict[str, int]] = {
+    "micro": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128),
+    "tiny": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, intermediate_size=512),
+    "small": dict(hidden_size=192, num_hidden_layers=6, num_attention_heads=6, num_key_value_heads=2, intermediate_size=768),
+    "base": dict(hidden_size=256, num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=2, intermediate_size=1024),
+}
+
+
+class PolicyError(ValueError):
+    """Bad policy-building input (one-line message for the CLI)."""
+
+
+@dataclass
+class PolicyRecipe:
+    """Everything `build_policy` needs; `DEFAULT_RECIPE` made the shipped checkpoint."""
+
+    seed: int = 0
+    size: str = "base"
+    vocab_size: int = 1024
+    max_positions: int = 512
+    problems: int | None = None  # training problems from the task's train split (None: all)
+    traces_per_problem: int = 2
+    fail_probs: tuple[float, ...] = (0.35, 0.3, 0.2, 0.15)
+    near_miss_draws: int = 3
+    show_remaining: bool = True
+    steps: int = 1700
+    batch_size: int = 16
+    lr: float = 2e-3
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.05
+    weight_decay: float = 0.01
+    engine: str = "deepspeed"  # ZeRO-0 engine; "torch" gives the same updates without DeepSpeed
+    eval_split: str = "test"
+    eval_problems: int | None = None  # None: the whole split
+    eval_max_new_tokens: int = 192
+    eval_temperatures: tuple[float, ...] = (0.0, 0.7, 1.0)  # 0 = greedy
+    store_fp16: bool = True  # weights rounded to float16 after SFT and stored so (half the size)
+    task: str = "countdown"
+
+
+DEFAULT_RECIPE = PolicyRecipe()

@@ -1,0 +1,429 @@
+"""The GRPO training loop on a DeepSpeed engine, with pluggable token credit.
+
+One step (= one optimizer step per mini-batch, one mini-batch by default):
+
+    prompts (seeded order, sharded over ranks) -> G responses each (ftcli.generation)
+    -> rewards (task verifier) -> group-normalised advantages (ftcli.grpo)
+    -> for each micro-batch: policy forward [capturing W inside it when the rule needs
+       attention; or `credit_pass="separate"`: a no-grad ftcli.attention.mean_attention pass]
+       -> credit weights (ftcli.credit) -> weighted clipped surrogate + optional KL
+       -> aggregate by the step's GLOBAL token/sequence count -> engine.backward / engine.step
+
+The run directory is `ftcli.train.rundir.RunDir`. `resume=True` continues from the newest
+complete checkpoint; on CPU the metrics (timings aside) equal those of an uninterrupted run
+because every random draw is derived from (seed, step, sequence) (`ftcli.seeds.derive_seed`)
+and DeepSpeed restores fp32 weights and optimizer state exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from ftcli import get_task, grpo
+from ftcli.credit import get_rule
+from ftcli.evaluation import accuracy
+from ftcli.generation import generate
+from ftcli.models import load_model, resolve_model
+from ftcli.progress import progress_bar, stderr_console
+from ftcli.seeds import derive_seed
+from ftcli.sequences import TracedSeq, question_mask, task_prompt_text
+from ftcli.spans import span_to_token_mask
+from ftcli.train.config import TrainConfig
+from ftcli.train.engine import build_ds_config, import_deepspeed, versions
+from ftcli.train.rundir import RunDir, quiet_hf_progress, step_dir_name
+from ftcli.train.stats import CtrlC, Timer
+from ftcli.train.update import PolicyUpdate
+
+
+@dataclass
+class RolloutSeq(TracedSeq):
+    """One rollout of a step, teacher-forced, with its reward and outcome."""
+
+    reward: float = 0.0
+    correct: bool = False
+    has_answer: bool = False
+    finished: bool = True
+    index: int = 0  # position in the rank's rollout list
+    rollout: object = None  # the ftcli.generation.Rollout it came from
+    sample: dict | None = None
+
+
+class Trainer:
+    """GRPO with token credit on a DeepSpeed engine. `Trainer(cfg).run()` -> run directory."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False, console=None, task=None):
+        cfg.validate()
+        self.cfg, self.resume = cfg, resume
+        self.task = task  # a task object (tests); default: ftcli.get_task(cfg.task)
+        self.ds = import_deepspeed()
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        if cfg.prompts % self.world:
+            raise ValueError(f"--prompts ({cfg.prompts}) must be divisible by the world size ({self.world})")
+        self.prompts_per_rank = cfg.prompts // self.world
+        seqs = self.prompts_per_rank * cfg.group_size
+        if seqs % cfg.mini_batches:
+            raise ValueError(f"sequences per rank ({seqs}) must be divisible by --mini-batches ({cfg.mini_batches})")
+        self.seqs_per_mini = seqs // cfg.mini_batches
+        self.rule = get_rule(cfg.credit)
+        self.rundir = RunDir(cfg.out)
+        self.run_dir = self.rundir.path
+        self.console = console
+        self.is_main = self.rank == 0
+        self._perm_cache: dict[int, list[int]] = {}
+        self.last_saved = -1
+        self.completed = 0  # last step whose optimizer update is done
+        self.ctrl_c = CtrlC()
+        self.best_val: tuple[float, int] | None = None
+
+    # -- setup ---------------------------------------------------------------------------------
+    def setup(self) -> int:
+        """Load the task, the policy and the engines; resume; write config.json. Returns the
+        step to continue after (0 for a new run)."""
+        cfg = self.cfg
+        if self.is_main:
+            if not self.resume and self.rundir.has_run():
+                raise ValueError(f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --out")
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._barrier()
+        if self.task is None:
+            self.task = get_task(cfg.task)
+        model, self.tokenizer = load_model(cfg.model, attn_implementation=cfg.attn_implementation)
+        use_cuda = torch.cuda.is_available()
+        self.use_bf16 = use_cuda if cfg.bf16 is None else bool(cfg.bf16)
+        if self.use_bf16 and not use_cuda:
+            raise ValueError("--bf16 is for GPUs; CPU training runs in fp32")
+        self.ds_config = build_ds_config(cfg, self.world, self.seqs_per_mini, self.use_bf16)
+        self.gas = self.ds_config["gradient_accumulation_steps"]
+        ref = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.engine, self.optimizer, _, _ = self.ds.initialize(model=model, optimizer=opt, config=self.ds_config)
+        self.device = self.engine.device
+        self.ref = None
+        if ref is not None and cfg.zero_stage == 3:
+            ref_cfg = {k: v for k, v in self.ds_config.items() if k != "gradient_clipping"}
+            self.ref, *_ = self.ds.initialize(model=ref, config=ref_cfg)
+        elif ref is not None:
+            self.ref = ref.to(self.device, dtype=torch.bfloat16 if self.use_bf16 else torch.float32)
+        self.updater = PolicyUpdate(cfg, self.engine, self.ref, self.tokenizer, self.world, self.seqs_per_mini, self.ctrl_c)
+        self.train_data = self.task.load("train")
+        if cfg.train_size:
+            self.train_data = list(self.train_data)[: cfg.train_size]
+        if not self.train_data:
+            raise ValueError(f"task {cfg.task!r} has no training samples")
+        self.val_data = self._load_val() if cfg.val_every > 0 else []
+        start = self._maybe_resume()
+        if self.is_main:
+            resolved = asdict(cfg)
+            resolved.update(
+                model_path=resolve_model(cfg.model), world_size=self.world,
+                gradient_accumulation_steps=self.gas, sequences_per_step=cfg.prompts * cfg.group_size,
+                deepspeed=self.ds_config, bf16_resolved=self.use_bf16, versions=versions(),
+                credit_needs=sorted(self.rule.needs),
+            )
+            self.rundir.write_config(resolved)
+        return start
+
+    def _load_val(self):
+        try:
+            data = self.task.load("validation")
+        except (KeyError, ValueError, FileNotFoundError) as e:
+            self._print(f"[yellow]no validation split for {self.cfg.task} ({e}); validation off[/]")
+            return []
+        return list(data)[: self.cfg.val_size]
+
+    # -- rollouts ------------------------------------------------------------------------------
+    def prompts_for_step(self, step: int) -> list[int]:
+        """Dataset indices of this rank's prompts at `step` (1-based): a seeded permutation per
+        epoch, consumed `prompts` at a time, rank r taking its slice."""
+        n = len(self.train_data)
+        base = (step - 1) * self.cfg.prompts + self.rank * self.prompts_per_rank
+        return [self._perm(pos // n)[pos % n] for pos in range(base, base + self.prompts_per_rank)]
+
+    def _perm(self, epoch: int) -> list[int]:
+        if epoch not in self._perm_cache:
+            g = torch.Generator().manual_seed(derive_seed(self.cfg.seed, "data", epoch))
+            self._perm_cache = {epoch: torch.randperm(len(self.train_data), generator=g).tolist()}
+        return self._perm_cache[epoch]
+
+    @contextlib.contextmanager
+    def _full_params(self):
+        """ZeRO-3: gather every parameter on every rank for generation (no collectives inside
+        `generate`, so ranks may stop at different lengths)."""
+        if self.cfg.zero_stage == 3:
+            with self.ds.zero.GatheredParameters(list(self.engine.module.parameters()), modifier_rank=None):
+                yield
+        else:
+            yield
+
+    def _generate(self, prompts: list[str], n: int, temperature: float, seed: int):
+        cfg = self.cfg
+        with self._full_params(), torch.no_grad():
+            return generate(self.engine.module, self.tokenizer, prompts, n=n, max_new_tokens=cfg.max_new_tokens,
+                            temperature=temperature, top_p=cfg.top_p, top_k=cfg.top_k, seed=seed,
+                            batch_size=cfg.gen_batch_size)
+
+    def rollouts(self, step: int) -> list[RolloutSeq]:
+        """Generate, reward and build this rank's sequences for `step`."""
+        cfg = self.cfg
+        samples = [self.train_data[i] for i in self.prompts_for_step(step)]
+        texts = [task_prompt_text(self.tokenizer, self.task, s) for s in samples]
+        groups = self._generate(texts, cfg.group_size, cfg.temperature, derive_seed(cfg.seed, "gen", step))
+        rewards = [float(self.task.reward(ro.response_text, s)) for s, g in zip(samples, groups, strict=True) for ro in g]
+        adv = grpo.group_advantages(torch.tensor(rewards), cfg.group_size, cfg.norm_adv_std).tolist()
+        seqs: list[RolloutSeq] = []
+        for p, (sample, group) in enumerate(zip(samples, groups, strict=True)):
+            p_ids = list(group[0].prompt_ids)
+            q_mask = question_mask(self.tokenizer, texts[p], p_ids, str(sample.get("question", "")))
+            for j, ro in enumerate(group):
+                k = len(seqs)
+                span = self.task.answer_span(ro.response_text)
+                gidx = (step - 1) * cfg.prompts * cfg.group_size + (self.rank * self.prompts_per_rank + p) * cfg.group_size + j
+                seqs.append(RolloutSeq(
+                    ids=p_ids + list(ro.response_ids), n_prompt=len(p_ids), question=q_mask,
+                    answer=span_to_token_mask(ro.response_offsets, span, len(ro.response_ids)).tolist(),
+                    advantage=adv[k], seed=derive_seed(cfg.seed, "credit", gidx), reward=rewards[k],
+                    correct=bool(self.task.verify(ro.response_text, sample)), has_answer=span is not None,
+                    finished=bool(ro.finished), index=k, rollout=ro, sample=sample,
+                ))
+        return seqs
+
+    def update(self, seqs: list[RolloutSeq], timer: Timer):
+        """The policy update on this rank's rollouts (`PolicyUpdate.update`)."""
+        return self.updater.update(seqs, timer)
+
+    def train_step(self, step: int) -> dict:
+        """Rollouts, update, and the step's metrics row (summed over ranks)."""
+        cfg = self.cfg
+        timer, t0 = Timer(), time.perf_counter()
+        with timer("gen"):
+            seqs = self.rollouts(step)
+        stats, sample_rows, grad_norms = self.update(seqs, timer)
+        rewards = [s.reward for s in seqs]
+        groups = [rewards[i : i + cfg.group_size] for i in range(0, len(rewards), cfg.group_size)]
+        stats.sequences, stats.reward_sum, stats.reward_sq = len(seqs), sum(rewards), sum(r * r for r in rewards)
+        stats.correct = sum(s.correct for s in seqs)
+        stats.response_tokens = sum(s.n_response for s in seqs)
+        stats.no_answer = sum(not s.has_answer for s in seqs)
+        stats.truncated = sum(not s.finished for s in seqs)
+        stats.flat_groups, stats.groups = sum(max(g) == min(g) for g in groups), len(groups)
+        stats = stats.all_reduce(self.updater.all_sum)
+        row = stats.row(step, cfg.lr, grad_norms, kl=self.ref is not None,
+                        entropy="entropy" in self.rule.needs or cfg.entropy_coef > 0)
+        for k in ("gen", "credit", "fwd_bwd", "optim"):
+            row[f"time_{k}"] = round(timer.t.get(k, 0.0), 4)
+        row["time_step"] = round(time.perf_counter() - t0, 4)
+        if self.is_main:
+            for s, w, sc in sample_rows[: cfg.log_samples]:
+                self.rundir.append_sample(_sample_record(step, s, w, sc))
+        return row
+
+    # -- validation ----------------------------------------------------------------------------
+    def validate(self, step: int) -> float | None:
+        """Accuracy on this rank's share of the validation problems, summed over ranks."""
+        if not self.val_data:
+            return None
+        cfg = self.cfg
+        mine = self.val_data[self.rank :: self.world]
+        correct = 0
+        if mine:
+            temp = cfg.temperature if cfg.val_temperature is None else cfg.val_temperature
+            with self._full_params():
+                correct, _ = accuracy(self.engine.module, self.tokenizer, self.task, mine, temperature=temp,
+                                      seed=derive_seed(cfg.seed, "val"), max_new_tokens=cfg.max_new_tokens,
+                                      top_p=cfg.top_p, top_k=cfg.top_k, batch_size=cfg.gen_batch_size)
+        c, n = self.updater.all_sum([correct, len(mine)])
+        return c / max(n, 1.0)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def _barrier(self):
+        if dist.is_available() and dist.is_initialized() and self.world > 1:
+            dist.barrier()
+
+    def save_checkpoint(self, step: int, final: bool = False) -> Path:
+        """checkpoints/step_XXXXXX (HF safetensors + tokenizer + DeepSpeed state + RNG +
+        trainer_state.json), written to a temp folder and renamed (RunDir); `final` also
+        refreshes checkpoints/final."""
+        tmp = self.rundir.checkpoints / f".{step_dir_name(step)}.tmp"
+        was, self.ctrl_c.defer = self.ctrl_c.defer, True
+        try:
+            if self.is_main:
+                tmp = self.rundir.checkpoint_tmp(step)
+            self._barrier()
+            self.engine.save_checkpoint(str(tmp / "ds"), tag="state", client_state={"ft_step": step})
+            torch.save({"torch": torch.get_rng_state(), "python": random.getstate(),
+                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+                       tmp / f"rng_state_rank{self.rank}.pt")
+            sd = self.engine._zero3_consolidated_16bit_state_dict() if self.cfg.zero_stage == 3 else None  # DeepSpeed's API
+            self._barrier()
+            if self.is_main:
+                with quiet_hf_progress():
+                    self.engine.module.save_pretrained(tmp, state_dict=sd)
+                self.tokenizer.save_pretrained(tmp)
+                state = {"step": step, "prompts_consumed": step * self.cfg.prompts, "world_size": self.world,
+                         "zero_stage": self.cfg.zero_stage, "best_val": self.best_val}
+                self.rundir.commit_checkpoint(tmp, step, state, final)
+                self.rundir.prune(self.cfg.keep_last, None if self.best_val is None else self.best_val[1])
+            self._barrier()
+        finally:
+            self.ctrl_c.defer = was
+        self.last_saved = step
+        return self.rundir.checkpoints / step_dir_name(step)
+
+    def _maybe_resume(self) -> int:
+        if not self.resume:
+            return 0
+        cks = self.rundir.step_checkpoints()
+        if not cks:
+            self._print("[yellow]--resume: no checkpoint yet, starting from step 0[/]")
+            self._truncate_logs(-1)  # starts over: drop every row, the step-0 validation included
+            return 0
+        step, d = list(cks.items())[-1]
+        state = json.loads((d / "trainer_state.json").read_text())
+        if state.get("world_size") != self.world or state.get("zero_stage") != self.cfg.zero_stage:
+            raise ValueError(
+                f"checkpoint {d} was written with world size {state.get('world_size')} and ZeRO "
+                f"{state.get('zero_stage')}; resume with the same (now {self.world}, {self.cfg.zero_stage})"
+            )
+        self.engine.load_checkpoint(str(d / "ds"), tag="state", load_optimizer_states=True, load_lr_scheduler_states=True)
+        rng = d / f"rng_state_rank{self.rank}.pt"
+        if rng.is_file():
+            st = torch.load(rng, weights_only=False)
+            torch.set_rng_state(st["torch"])
+            random.setstate(st["python"])
+            if st.get("cuda") is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(st["cuda"])
+        bv = state.get("best_val")
+        self.best_val = tuple(bv) if bv else None
+        self.last_saved = step
+        self._truncate_logs(step)
+        self._print(f"resumed from {d} (step {step})")
+        return step
+
+    def _truncate_logs(self, step: int) -> None:
+        """Drop log rows written after the checkpoint (they are regenerated identically)."""
+        if self.is_main:
+            self.rundir.truncate_logs(step)
+        self._barrier()
+
+    def _print(self, msg: str) -> None:
+        if self.is_main and self.cfg.progress:
+            self.console = self.console or stderr_console()
+            self.console.print(msg)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def _validate_into(self, row: dict, step: int) -> None:
+        t = time.perf_counter()
+        acc = self.validate(step)
+        if acc is not None:
+            row["val_accuracy"] = acc
+            row["time_val"] = round(time.perf_counter() - t, 4)
+            if step and (self.best_val is None or acc > self.best_val[0]):
+                self.best_val = (acc, step)
+
+    def _report(self, progress, bar, step: int, row: dict) -> None:
+        """Advance the progress bar; without a terminal, one line per step."""
+        cfg = self.cfg
+        if step == 0:
+            extra = f"val {row['val_accuracy']:.3f} before training"
+            progress.update(bar, extra=extra)
+            line = f"step 0/{cfg.steps}  val {row['val_accuracy']:.3f} (before training)"
+        else:
+            extra = f"len {row['response_len']:.0f}  credited {row['frac_credited']:.2f}  {row['time_step']:.1f}s/step"
+            if "val_accuracy" in row:
+                extra += f"  val {row['val_accuracy']:.3f}"
+            progress.update(bar, advance=1, reward=f"{row['reward_mean']:.3f}", acc=f"{row['accuracy']:.3f}", extra=extra)
+            line = f"step {step}/{cfg.steps}  reward {row['reward_mean']:.3f}  acc {row['accuracy']:.3f}  {extra}"
+        if self.is_main and cfg.progress and not progress.console.is_terminal:
+            progress.console.print(line)
+
+    def run(self) -> Path:
+        """Set up, validate the starting policy, then step, validate, log and checkpoint."""
+        start = self.setup()
+        cfg = self.cfg
+        progress = progress_bar(
+            "[bold]train[/] {task.fields[credit]}",
+            "reward {task.fields[reward]}  acc {task.fields[acc]}  {task.fields[extra]}",
+            console=self.console, disable=not (self.is_main and cfg.progress),
+        )
+        self.completed = start
+        try:
+            with progress, self.ctrl_c:
+                bar = progress.add_task("train", total=cfg.steps, completed=start, credit=cfg.credit,
+                                        reward="-", acc="-", extra="")
+                if start == 0 and cfg.val_every:  # the starting point of the validation curve
+                    row = {"step": 0}
+                    self._validate_into(row, 0)
+                    if "val_accuracy" in row:
+                        if self.is_main:
+                            self.rundir.append_metrics(row)
+                        self._report(progress, bar, 0, row)
+                for step in range(start + 1, cfg.steps + 1):
+                    if self.ctrl_c.pending:
+                        raise KeyboardInterrupt
+                    self.ctrl_c.defer = False
+                    row = self.train_step(step)
+                    self.completed = step
+                    is_last, stopping = step == cfg.steps, self.ctrl_c.pending
+                    if cfg.val_every and (step % cfg.val_every == 0 or is_last) and not stopping:
+                        self._validate_into(row, step)
+                    if self.is_main:
+                        self.rundir.append_metrics(row)
+                    every = cfg.checkpoint_every
+                    if is_last or stopping or (every and step % every == 0):
+                        self.save_checkpoint(step, final=is_last)
+                    self._report(progress, bar, step, row)
+                    if self.ctrl_c.pending and not is_last:
+                        raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            done = self.completed
+            if done > self.last_saved and done > 0:
+                self._print(f"[yellow]interrupted: saving step {done} before exiting[/]")
+                with self.ctrl_c:  # one more Ctrl-C aborts the save
+                    self.ctrl_c.defer, self.ctrl_c.pending = True, True
+                    self.save_checkpoint(done, final=False)
+            raise
+        return self.run_dir
+
+    def close(self) -> None:
+        """Release the engines (avoids the 2-rank ZeRO-3 exit abort; see research notes)."""
+        for e in (getattr(self, "engine", None), getattr(self, "ref", None)):
+            if e is not None and hasattr(e, "destroy"):
+                e.destroy()
+
+
+def _sample_record(step: int, s: RolloutSeq, w: torch.Tensor, sc: torch.Tensor | None) -> dict:
+    """One samples.jsonl row: the response, its tokens, credit weights (and scores)."""
+    ro, n_p = s.rollout, s.n_prompt
+    wr = w[n_p : len(s.ids)].tolist()
+    rec = {
+        "step": step, "id": s.sample.get("id"), "prompt": ro.prompt_text,
+        "response": ro.response_text, "reward": s.reward, "correct": s.correct,
+        "advantage": round(s.advantage, 6), "has_answer": s.has_answer,
+        "response_ids": list(ro.response_ids), "tokens": [ro.response_text[a:b] for a, b in ro.response_offsets],
+        "weights": [round(x, 4) for x in wr],
+        "credited": [i for i, x in enumerate(wr) if x != 1.0],
+        "answer_tokens": [i for i, x in enumerate(s.answer) if x],
+    }
+    if sc is not None:
+        rec["scores"] = [float(f"{x:.4g}") for x in sc[n_p : len(s.ids)].tolist()]
+    return rec
+
+
+def train(cfg: TrainConfig, resume: bool = False, console=None, task=None) -> Path:
+    """Run a training job; returns the run directory."""
+    trainer = Trainer(cfg, resume=resume, console=console, task=task)
+    try:
+        return trainer.run()
+    finally:
+        trainer.close()

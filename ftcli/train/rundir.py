@@ -1,0 +1,163 @@
+"""The run directory of `ft train` (`--out`): its layout, in one place.
+
+    config.json        every option, resolved (plus world size, DeepSpeed config, versions)
+    metrics.jsonl      one row per step (and with validation a step-0 row for the start)
+    samples.jsonl      a few responses per step with their tokens and credit weights
+    checkpoints/step_XXXXXX/   HF safetensors (`from_pretrained`-loadable) + tokenizer,
+                       trainer_state.json, rng_state_rank*.pt, ds/ (DeepSpeed optimizer state)
+    checkpoints/final/ HF weights + tokenizer + trainer_state.json of the last step
+
+Every file is written atomically (temp + rename; jsonl rows are appended whole and fsynced).
+`RunDir` is what every module that touches a run uses: the trainer (save, resume, prune),
+`ft eval` (which checkpoint a `--ckpt` spec names), the sweeps (is a run finished) and the plots
+(metrics).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+from ftcli.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+
+STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def is_model_dir(p: Path) -> bool:
+    """A folder `from_pretrained` can load (it holds a config.json)."""
+    return (p / "config.json").is_file()
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:06d}"
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move the finished folder `src` to `dst`, replacing an older `dst` (two renames)."""
+    old = dst.with_name(f".{dst.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def quiet_hf_progress():
+    """No tqdm bar from save_pretrained ("Writing model shards") under our progress bar."""
+    # imported here: `ft --help` does not need transformers
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
+class RunDir:
+    """One run directory (see the module docstring for its layout)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.checkpoints = self.path / "checkpoints"
+        self.config_file = self.path / "config.json"
+        self.metrics_file = self.path / "metrics.jsonl"
+        self.samples_file = self.path / "samples.jsonl"
+        self.final = self.checkpoints / "final"
+
+    # -- reading ------------------------------------------------------------------------------
+    def metrics(self) -> list[dict]:
+        """Rows of metrics.jsonl (a torn last line is skipped)."""
+        return read_jsonl(self.metrics_file)
+
+    def has_run(self) -> bool:
+        return self.metrics_file.exists()
+
+    def step_checkpoints(self, complete: str = "trainer_state.json") -> dict[int, Path]:
+        """{step: folder} of the checkpoints/step_XXXXXX folders that hold `complete`."""
+        out = {}
+        if self.checkpoints.is_dir():
+            for d in self.checkpoints.iterdir():
+                m = STEP_DIR.match(d.name)
+                if m and (d / complete).is_file():
+                    out[int(m.group(1))] = d
+        return dict(sorted(out.items()))
+
+    def is_finished(self, steps: int) -> bool:
+        """A final checkpoint and metrics up to `steps`."""
+        if not is_model_dir(self.final):
+            return False
+        rows = self.metrics()
+        return bool(rows) and max(int(r.get("step", 0)) for r in rows) >= steps
+
+    # -- writing ------------------------------------------------------------------------------
+    def append_metrics(self, row: dict) -> None:
+        append_jsonl(self.metrics_file, row)
+
+    def append_sample(self, row: dict) -> None:
+        append_jsonl(self.samples_file, row)
+
+    def write_config(self, resolved: dict) -> None:
+        atomic_write_json(self.config_file, resolved)
+
+    def truncate_logs(self, step: int) -> None:
+        """Drop the log rows written after `step` (-1: all rows; a torn line is dropped too)."""
+        for p in (self.metrics_file, self.samples_file):
+            if p.exists():
+                keep = [line for line in p.read_text(encoding="utf-8").splitlines() if _row_step(line, step + 1) <= step]
+                atomic_write_text(p, "".join(x + "\n" for x in keep))
+
+    def checkpoint_tmp(self, step: int) -> Path:
+        """A fresh temporary folder for the checkpoint of `step` (main rank only)."""
+        tmp = self.checkpoints / f".{step_dir_name(step)}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        return tmp
+
+    def commit_checkpoint(self, tmp: Path, step: int, state: dict, final: bool) -> Path:
+        """Write trainer_state.json into the finished `tmp` and rename it to step_XXXXXX;
+        `final` also refreshes checkpoints/final (HF weights + trainer state)."""
+        atomic_write_json(tmp / "trainer_state.json", state)
+        dst = self.checkpoints / step_dir_name(step)
+        replace_dir(tmp, dst)
+        if final:
+            self._write_final(dst, state)
+        return dst
+
+    def _write_final(self, src: Path, state: dict) -> None:
+        tmp = self.checkpoints / ".final.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        for f in src.iterdir():
+            if f.is_file() and not f.name.startswith("rng_state") and f.name != "trainer_state.json":
+                try:  # checkpoint files are never modified in place: a hard link is a safe copy
+                    os.link(f, tmp / f.name)
+                except OSError:
+                    shutil.copy2(f, tmp / f.name)
+        atomic_write_json(tmp / "trainer_state.json", state)
+        replace_dir(tmp, self.final)
+
+    def prune(self, keep_last: int, also_keep: int | None = None) -> None:
+        """Delete step checkpoints except the newest `keep_last` (>= 1) and `also_keep`."""
+        cks = self.step_checkpoints()
+        keep = set(list(cks)[-max(keep_last, 1) :])
+        if also_keep is not None:
+            keep.add(also_keep)
+        for s, d in cks.items():
+            if s not in keep:
+                shutil.rmtree(d, ignore_errors=True)
+
+
+def _row_step(line: str, torn: int) -> int:
+    """The `step` of one JSONL line (0 when absent; `torn` when the line does not parse)."""
+    try:
+        return json.loads(line).get("step", 0)
+    except json.JSONDecodeError:
+        return torn

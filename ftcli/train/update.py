@@ -1,0 +1,174 @@
+"""The GRPO policy update of one rollout batch (paper Eq. 5 with token credit).
+
+For each mini-batch (one by default): for each micro-batch, the policy forward [capturing W
+inside it when the credit rule needs attention, or with `credit_pass="separate"` from an extra
+no-grad `ftcli.attention.mean_attention` pass] -> credit weights (`ftcli.credit`) -> weighted
+clipped surrogate + optional KL and entropy terms -> aggregated by the step's GLOBAL
+token/sequence count -> engine.backward; then one engine.step at the accumulation boundary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.distributed as dist
+
+from ftcli import grpo
+from ftcli.attention import capture_attention, mean_attention
+from ftcli.credit import CreditInputs, CreditOptions, compute_credit, get_rule, token_class_filter
+from ftcli.sequences import TracedSeq, collate
+from ftcli.train.config import TrainConfig
+from ftcli.train.stats import CtrlC, StepStats, Timer
+
+
+class PolicyUpdate:
+    """The update step on a DeepSpeed `engine` (and an optional frozen reference `ref`)."""
+
+    def __init__(self, cfg: TrainConfig, engine, ref, tokenizer, world: int, seqs_per_mini: int, ctrl_c: CtrlC):
+        self.cfg, self.engine, self.ref = cfg, engine, ref
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.world, self.seqs_per_mini, self.ctrl_c = world, seqs_per_mini, ctrl_c
+        self.device = engine.device
+        self.rule = get_rule(cfg.credit)
+        self.credit_opts = CreditOptions(**cfg.credit_options_kwargs(),
+                                         token_filter=token_class_filter(tokenizer, cfg.credit_tokens))
+
+    def all_sum(self, values: list[float]) -> list[float]:
+        """Element-wise sum of `values` over ranks (float64)."""
+        t = torch.tensor(values, dtype=torch.float64)
+        if self.world > 1:
+            t = t.to(self.device)
+            dist.all_reduce(t)
+        return t.cpu().tolist()
+
+    def forward_logp(self, module, batch, need_entropy: bool, need_grad: bool):
+        """Policy log-probs [B, T] (0 before `first`) and, optionally, entropies [B, T]."""
+        ids, first = batch["input_ids"], batch["first"]
+        T = ids.shape[1]
+        with contextlib.nullcontext() if need_grad else torch.no_grad():
+            out = module(input_ids=ids, attention_mask=batch["attention_mask"].long(),
+                         logits_to_keep=T - first + 1, use_cache=False)
+            logits = out.logits[:, :-1]  # [B, T - first, V]: predicts tokens first..T-1
+            logp = grpo.token_logprobs(logits, ids[:, first:], self.cfg.temperature)  # [B, T-first]
+            ent = None
+            if need_entropy:  # with gradient only for an entropy bonus
+                with contextlib.nullcontext() if need_grad and self.cfg.entropy_coef > 0 else torch.no_grad():
+                    ent = grpo.token_entropy(logits, self.cfg.temperature)  # [B, T - first]
+        logp = torch.nn.functional.pad(logp, (first, 0))  # [B, T]
+        ent = torch.nn.functional.pad(ent, (first, 0)) if ent is not None else None
+        return logp, ent
+
+    def _micro_step(self, batch, old_logp, norm, timer: Timer, stats: StepStats, rule, credit_pass: str) -> object:
+        """Forward (with W when the rule needs it), credit, weighted surrogate, backward."""
+        cfg = self.cfg
+        am = batch["attention_mask"].long()
+        want_attn, W = "attention" in rule.needs, None
+        if want_attn and credit_pass == "separate":
+            with timer("credit"), torch.no_grad():
+                W = mean_attention(self.engine.module, batch["input_ids"], am, layers=cfg.layers).float()
+        need_entropy = "entropy" in rule.needs or cfg.entropy_coef > 0
+        with timer("fwd_bwd"):
+            if want_attn and credit_pass == "fused":
+                with capture_attention(self.engine.module, layers=cfg.layers, attention_mask=am) as cap:
+                    logp, ent = self.forward_logp(self.engine, batch, need_entropy, True)
+                W = cap.W
+            else:
+                logp, ent = self.forward_logp(self.engine, batch, need_entropy, True)
+        with timer("credit"):
+            inputs = CreditInputs(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                response_mask=batch["response_mask"], question_mask=batch["question_mask"],
+                answer_mask=batch["answer_mask"], advantages=batch["advantages"], seeds=batch["seeds"],
+                W=W, logp=logp.detach() if "logp" in rule.needs else None,
+                entropy=ent.detach() if ent is not None else None,
+                model=self.engine.module if "model" in rule.needs else None, temperature=cfg.temperature,
+            )
+            credit = compute_credit(rule, inputs, self.credit_opts)
+            del W, inputs
+        with timer("fwd_bwd"):
+            resp = batch["response_mask"]
+            old = logp.detach() if old_logp is None else old_logp
+            loss_mat, clipped = grpo.clipped_surrogate(
+                logp, old, batch["advantages"], credit.weights.to(logp.device), cfg.eps_low, cfg.eps_high
+            )
+            if self.ref is not None:
+                ref_logp, _ = self.forward_logp(self.ref, batch, False, False)
+                kl = grpo.kl_k3(logp, ref_logp)
+                loss_mat = loss_mat + cfg.kl_coef * kl
+                stats.kl += float((kl.detach() * resp).sum())
+            if cfg.entropy_coef > 0:
+                loss_mat = loss_mat - cfg.entropy_coef * ent
+            share = grpo.aggregate_loss(loss_mat, resp, cfg.loss_agg, norm)
+            self.engine.backward(share * grpo.backward_scale(self.world), scale_wrt_gas=False)
+        rf = resp.float()
+        stats.loss += float(share.detach())
+        stats.clipped += float((clipped.float() * rf).sum())
+        stats.credited += float((credit.credited & resp).sum())
+        stats.credit_fallback += float(credit.fallback.sum())
+        if ent is not None:
+            stats.entropy += float((ent.detach() * rf).sum())
+        return credit
+
+    def _optimizer_step(self, timer: Timer) -> float | None:
+        """engine.step() at the accumulation boundary; returns the pre-clip global grad norm."""
+        norm = None
+        if self.cfg.zero_stage == 0:  # DeepSpeed reports no norm at stage 0: compute it
+            sq = sum(float(p.grad.float().pow(2).sum()) for p in self.engine.module.parameters() if p.grad is not None)
+            norm = math.sqrt(sq)
+        self.ctrl_c.defer = True  # the weights change now: finish the step before stopping
+        with timer("optim"):
+            self.engine.step()
+        if norm is None:
+            g = self.engine.get_global_grad_norm()
+            norm = None if g is None else float(g)
+        return norm
+
+    def _old_logp(self, seqs: list[TracedSeq], timer: Timer) -> dict[int, torch.Tensor]:
+        """log pi_old of every sequence (by id), computed before the step's first update."""
+        out = {}
+        with timer("old_logp"):
+            for i in range(0, len(seqs), self.cfg.micro_batch):
+                m = seqs[i : i + self.cfg.micro_batch]
+                logp, _ = self.forward_logp(self.engine.module, collate(m, self.pad_id, self.device), False, False)
+                for b, s in enumerate(m):
+                    out[id(s)] = logp[b, : len(s.ids)].detach().cpu()
+        return out
+
+    def update(self, seqs: list[TracedSeq], timer: Timer, credit: str | None = None,
+               credit_pass: str | None = None) -> tuple[StepStats, list, list]:
+        """The policy update on this rank's sequences: `mini_batches` optimizer steps, each
+        accumulating its micro-batches. `credit` / `credit_pass` override the configured rule
+        and pass (Table 6 times several on one engine). Returns (the update's StepStats,
+        sample rows (seq, weights, scores) of the first `log_samples` sequences, grad norms)."""
+        cfg = self.cfg
+        rule = self.rule if credit is None else get_rule(credit)
+        credit_pass = credit_pass or cfg.credit_pass
+        old_logp = self._old_logp(seqs, timer) if cfg.mini_batches > 1 else None
+        self.engine.train()
+        stats, sample_rows, grad_norms = StepStats(), [], []
+        logged = {id(s) for s in seqs[: cfg.log_samples]}  # the rows samples.jsonl shows
+        for mb in range(cfg.mini_batches):
+            mini = seqs[mb * self.seqs_per_mini : (mb + 1) * self.seqs_per_mini]
+            n_tok, n_seq = self.all_sum([sum(s.n_response for s in mini), len(mini)])
+            norm = grpo.agg_normaliser(cfg.loss_agg, n_tok, n_seq, cfg.max_new_tokens)
+            micro = [mini[i : i + cfg.micro_batch] for i in range(0, len(mini), cfg.micro_batch)]
+            for m in micro:
+                batch = collate(m, self.pad_id, self.device)
+                # pi_old: the sampling policy; with one update per batch it is the current one
+                old = None
+                if old_logp is not None:
+                    old = torch.zeros(len(m), batch["input_ids"].shape[1], device=self.device)  # [B, T]
+                    for b, s in enumerate(m):
+                        old[b, : len(s.ids)] = old_logp[id(s)].to(self.device)
+                cr = self._micro_step(batch, old, norm, timer, stats, rule, credit_pass)
+                for b, s in enumerate(m):
+                    if id(s) in logged:
+                        sample_rows.append((s, cr.weights[b].cpu(), None if cr.scores is None else cr.scores[b].cpu()))
+                if m is not micro[-1]:
+                    self.engine.step()  # a non-boundary micro-step: only counts
+            grad_norms.append(self._optimizer_step(timer))
+        self.engine.eval()
+        stats.loss /= cfg.mini_batches  # the mean of the mini-batch objectives
+        return stats, sample_rows, grad_norms
