@@ -19,7 +19,9 @@ fp32 buffer. The original implementation is restored afterwards, also on error.
 Public API:
     layer_range(spec, num_layers) -> list[int]
     mean_attention(model, input_ids, attention_mask=None, layers=None, ...) -> W [B, T, T]
-    capture_attention(model, layers=None, attention_mask=None, ...)  (context manager; `.W`)
+    capture_attention(model, layers=None, attention_mask=None, ...)  (context manager; `.W`,
+        `.checked_W()`: W once every chosen layer was captured)
+    num_layers(model) -> int
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-__all__ = ["AttentionCapture", "capture_attention", "layer_range", "mean_attention"]
+__all__ = ["AttentionCapture", "capture_attention", "layer_range", "mean_attention", "num_layers"]
 
 DEFAULT_CHUNK = 256
 
@@ -133,7 +135,9 @@ def _is_int(x) -> bool:
     )
 
 
-def _num_layers(model) -> int:
+def num_layers(model) -> int:
+    """Decoder layers of `model` (its text config's `num_hidden_layers`, else the largest
+    `layer_idx` of its modules + 1); ValueError when neither tells."""
     cfg = model.config
     if hasattr(cfg, "get_text_config"):
         cfg = cfg.get_text_config()
@@ -285,7 +289,7 @@ class AttentionCapture:
         if int(chunk_size) < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size!r}")
         self.model = model
-        self.layers = layer_range(layers, _num_layers(model))
+        self.layers = layer_range(layers, num_layers(model))
         self.chunk_size = int(chunk_size)
         self.stop_after_last = bool(stop_after_last)
         # explicit 2D mask [B, T]; else the one the forward gets
@@ -433,6 +437,17 @@ class AttentionCapture:
             W.masked_fill_(nopad[:, None, :], 0.0)  # padded queries (columns)
         self.W = W
 
+    def checked_W(self) -> torch.Tensor:
+        """`W` [B, T, T] after the block, once every chosen layer was captured; RuntimeError
+        otherwise (the model does not route attention through transformers' AttentionInterface)."""
+        missing = sorted(set(self.layers) - set(self.seen))
+        if missing or self.W is None:
+            raise RuntimeError(
+                f"layers {missing or self.layers} never reached the attention interface; "
+                f"{type(self.model).__name__} may not route attention through transformers' AttentionInterface"
+            )
+        return self.W
+
 
 def _attention_fn(module, query, key, value, attention_mask, **kwargs):
     """The function registered with `AttentionInterface` (signature of transformers' kernels).
@@ -569,13 +584,7 @@ def mean_attention(
     )
     with torch.no_grad(), cap:
         model(**kw)
-    missing = sorted(set(cap.layers) - set(cap.seen))
-    if missing or cap.W is None:
-        raise RuntimeError(
-            f"layers {missing or cap.layers} never reached the attention interface; "
-            f"{type(model).__name__} may not route attention through transformers' AttentionInterface"
-        )
-    return cap.W
+    return cap.checked_W()
 
 
 def _forward_params(model) -> set[str]:

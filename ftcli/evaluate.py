@@ -30,10 +30,11 @@ from ftcli import get_task
 from ftcli.evaluation import sample_task
 from ftcli.generation import get_backend
 from ftcli.io import atomic_write_json, atomic_write_text, read_jsonl
-from ftcli.metrics import compute_metric, disagreement_rate, standard_metrics
-from ftcli.models import DEFAULT_MODEL, load_model, load_tokenizer, resolve_model
+from ftcli.metrics import compute_metric, disagreement_rate, metric_stderr, standard_metrics
+from ftcli.models import DEFAULT_MODEL, load_model, load_tokenizer, resolve_model, torch_dtype
 from ftcli.suites import Benchmark, EvalError, apply_overrides, load_suite
-from ftcli.train.rundir import STEP_DIR, RunDir, is_model_dir
+from ftcli.tasks.loading import describe_data, task_data_options
+from ftcli.train.rundir import STEP_DIR, RunDir, checkpoint_damage, is_model_dir, is_training_state
 
 RESULTS_SCHEMA = 1
 # protocol keys that change the samples; resuming with any of them different is refused
@@ -112,6 +113,17 @@ def resolve_checkpoint(spec: str) -> Path:
     return steps[step]
 
 
+def checked_checkpoint(spec: str) -> Path:
+    """`resolve_checkpoint`, then the files a model load reads checked against the
+    checkpoint's manifest (the DeepSpeed and RNG state are not read by an eval): a damaged
+    checkpoint is one EvalError naming the file."""
+    path = resolve_checkpoint(spec)
+    why = checkpoint_damage(path, skip=is_training_state)
+    if why is not None:
+        raise EvalError(f"checkpoint {path} is damaged: {why}; evaluate another step (runs/x:step_N)")
+    return path
+
+
 def _run_dir_of(ckpt_path: Path) -> Path | None:
     """runs/x/checkpoints/<c> -> runs/x."""
     if ckpt_path.parent.name == "checkpoints":
@@ -168,7 +180,7 @@ def load_target(model: str | None = None, ckpt: str | None = None, device: str |
     which loads its own) returns model None and a `model_ref` vLLM can open."""
     if not weights:
         if ckpt:
-            path = resolve_checkpoint(ckpt)
+            path = checked_checkpoint(ckpt)
             run = _run_dir_of(path)
             tok = load_tokenizer(str(path) if _has_tokenizer(path) else model)
             label = f"{run.name}:{path.name}" if run is not None else path.name
@@ -177,7 +189,7 @@ def load_target(model: str | None = None, ckpt: str | None = None, device: str |
         return None, load_tokenizer(name), Target(name, resolve_model(name))
 
     if ckpt:
-        path = resolve_checkpoint(ckpt)
+        path = checked_checkpoint(ckpt)
         run = _run_dir_of(path)
         label = f"{run.name}:{path.name}" if run is not None else path.name
         if _has_tokenizer(path):
@@ -197,7 +209,7 @@ def load_target(model: str | None = None, ckpt: str | None = None, device: str |
 
 
 def _dtype(d):
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, None: torch.float32}.get(d, d)
+    return torch_dtype(d) or torch.float32
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,10 +344,12 @@ def protocol_str(p: dict) -> str:
 
 def run_benchmark(model, tokenizer, bench: Benchmark, target: Target, out: Path, *,
                   limit: int | None = None, batch_size: int = 16, backend="hf",
-                  progress=None, task=None) -> dict:
+                  progress=None, task=None, data_root: str | Path | None = None) -> dict:
     """Generate (resuming), grade and score one benchmark; writes samples.jsonl and protocol.json
-    in `out` and returns its results entry (see `results.json`)."""
-    task = task if task is not None else get_task(bench.task, **bench.task_options)
+    in `out` and returns its results entry (see `results.json`; `data`: the files and their
+    sha256, read from `data_root`, else $FT_DATA, else the data cache)."""
+    if task is None:
+        task = get_task(bench.task, **{**bench.task_options, **task_data_options(bench.task, data_root)})
     problems = list(task.load(bench.split))
     if limit is not None:
         problems = problems[: max(0, limit)]
@@ -381,7 +395,7 @@ def run_benchmark(model, tokenizer, bench: Benchmark, target: Target, out: Path,
             done[pids[i]] = rows[-len(group):]
         _append_rows(sfile, rows)
     rows_by = [done[pid] for pid in pids]
-    return score_benchmark(bench, rows_by, proto, elapsed=time.time() - t0)
+    return {**score_benchmark(bench, rows_by, proto, elapsed=time.time() - t0), "data": describe_data(task)}
 
 
 def score_benchmark(bench: Benchmark, rows_by: list[list[dict]], proto: dict, elapsed: float = 0.0) -> dict:
@@ -393,6 +407,7 @@ def score_benchmark(bench: Benchmark, rows_by: list[list[dict]], proto: dict, el
         "label": bench.label,
         "metric": bench.metric,
         "value": compute_metric(bench.metric, correct, answers),
+        "stderr": metric_stderr(bench.metric, correct, answers),  # over problems
         "n_problems": len(rows_by),
         "n_samples": len(flat),
         "metrics": standard_metrics(correct, answers),
@@ -419,9 +434,11 @@ def score_benchmark(bench: Benchmark, rows_by: list[list[dict]], proto: dict, el
 def evaluate(suite_name: str, *, model: str | None = None, ckpt: str | None = None,
              out: str | Path | None = None, limit: int | None = None, batch_size: int = 16,
              backend: str = "hf", device: str | None = None, dtype: str | None = None,
-             overrides: dict | None = None, progress=None, loaded=None) -> tuple[dict, Path]:
+             overrides: dict | None = None, progress=None, loaded=None,
+             data_root: str | Path | None = None) -> tuple[dict, Path]:
     """Run a suite; returns (results document, results.json path). `loaded` = (model, tok,
-    Target) skips loading (tests, the trainer's in-process eval)."""
+    Target) skips loading (tests, the trainer's in-process eval); `data_root`: where the
+    benchmark files are (default: $FT_DATA, else the data cache)."""
     suite = load_suite(suite_name)
     benches = [apply_overrides(b, **(overrides or {})) for b in suite.benchmarks]
     eng = get_backend(backend)  # a missing vLLM fails here, before any model is loaded
@@ -438,7 +455,8 @@ def evaluate(suite_name: str, *, model: str | None = None, ckpt: str | None = No
     for b in benches:
         bout = out_dir / b.name if suite.is_group else out_dir
         results[b.name] = run_benchmark(mdl, tok, b, target, bout, limit=limit,
-                                        batch_size=batch_size, backend=eng, progress=progress)
+                                        batch_size=batch_size, backend=eng, progress=progress,
+                                        data_root=data_root)
     vals = [r["value"] for r in results.values()]
     doc = {
         "schema": RESULTS_SCHEMA,

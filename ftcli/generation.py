@@ -547,3 +547,8 @@ def get_backend(name: str = "hf", **kwargs) -> Backend:
     except KeyError:
         raise GenerationError(f"unknown backend {name!r} (known: {', '.join(BACKENDS)})") from None
     return cls(**kwargs)
+
+
+def decode_text(tokenizer, ids: Sequence[int]) -> str:
+    """`ids` decoded as the text `token_offsets` maps into: special tokens skipped, no clean-up."""
+    return _decode(tokenizer, ids)

@@ -127,6 +127,26 @@ def compute_metric(
     return maj_at_k(answers, correct, k)
 
 
+def metric_stderr(
+    name: str, correct: Sequence[Sequence[bool]], answers: Sequence[Sequence[str | None]] | None = None
+) -> float | None:
+    """Standard error of `compute_metric(name, ...)` over problems: the sample standard
+    deviation of the per-problem values divided by sqrt(#problems).
+
+    The metric is a mean over problems of a per-problem value v_i (avg@k: the fraction of the
+    first k samples correct; pass@k: the unbiased estimate; maj@k: 0/1), so
+    SE = sd(v_1..v_N) / sqrt(N). The samples of one problem are correlated, which a binomial
+    SE over all samples would ignore. None for fewer than two problems.
+    """
+    n = len(correct)
+    if n < 2:
+        return None
+    vals = [compute_metric(name, [c], None if answers is None else [a])
+            for c, a in zip(correct, answers if answers is not None else [None] * n, strict=True)]
+    m = sum(vals) / n
+    return math.sqrt(sum((v - m) ** 2 for v in vals) / (n - 1) / n)
+
+
 def standard_metrics(
     correct: Sequence[Sequence[bool]], answers: Sequence[Sequence[str | None]] | None = None
 ) -> dict[str, float]:

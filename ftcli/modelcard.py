@@ -225,14 +225,16 @@ With ftcli, prompts in the task's own format: `ftcli.get_task("{task}").prompt(s
 
 
 def write_model_card(checkpoint_dir: str | os.PathLike, config: Mapping, final_metrics: Mapping, command: str,
-                     name: str | None = None) -> Path:
+                     name: str | None = None, path_hint: str | os.PathLike | None = None) -> Path:
     """Write `<checkpoint_dir>/README.md` (atomically) for a checkpoint trained with `config`
     (the run's resolved config.json), ending with `final_metrics` (the last metrics row: `step`,
-    `val_accuracy`, ...) and produced by `command`. `name` defaults to the run folder's name."""
+    `val_accuracy`, ...) and produced by `command`. `name` defaults to the run folder's name;
+    `path_hint`, the folder the card's loading example names, to `checkpoint_dir` (pass the
+    final place when the card is written into a temporary folder that is renamed later)."""
     ckpt = Path(checkpoint_dir)
     if name is None:
         out = str(config.get("out") or "")
         name = Path(out).name if out else (ckpt.parent.parent.name if ckpt.parent.name == "checkpoints" else ckpt.name)
     text = card_text(config, json.loads(json.dumps(dict(final_metrics), default=str)), command, name or "ftcli-model",
-                     str(ckpt))
+                     str(path_hint if path_hint is not None else ckpt))
     return atomic_write_text(ckpt / "README.md", text)

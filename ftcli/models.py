@@ -167,6 +167,21 @@ def load_tokenizer(name: str | None = None):
     return tok
 
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
+          "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def torch_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """A `--dtype` name (fp32, bf16, fp16 or the torch name) -> the torch dtype (None stays
+    None). Unknown names are one line listing the choices (a name never reaches
+    `model.to(...)`, which would take it for a device)."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ModelError(f"--dtype must be one of fp32, bf16, fp16 (got {dtype!r})")
+    return DTYPES[dtype]
+
+
 def load_model(
     name: str | None = None,
     attn_implementation: str = "sdpa",
@@ -174,6 +189,7 @@ def load_model(
     device: str | torch.device | None = None,
 ):
     """(model, tokenizer) for a model name; the model is in eval mode on `device`."""
+    dtype = torch_dtype(dtype)  # before any loading: a bad name fails at once
     ref = resolve_model(name)
     tok = load_tokenizer(name)
     if ref in TINY:
@@ -185,10 +201,6 @@ def load_model(
     else:
         from transformers import AutoModelForCausalLM  # imported here: `ft --help` stays fast
 
-        if isinstance(dtype, str):
-            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(
-                dtype, getattr(torch, dtype, None)
-            )
         try:
             model = AutoModelForCausalLM.from_pretrained(
                 ref, attn_implementation=attn_implementation, dtype=dtype or torch.float32

@@ -90,6 +90,30 @@ def task_prompt(tokenizer, task, sample: dict, question: str | None = None) -> P
     return Prompt(text, ids, question_mask(tokenizer, text, ids, str(sample.get("question", ""))))
 
 
+MICRO_ORDERS = ("length", "group")
+
+
+def micro_batches(seqs: Sequence[TracedSeq], size: int, order: str = "length") -> list[list[TracedSeq]]:
+    """`seqs` cut into micro-batches of at most `size` sequences, ceil(n / size) of them.
+
+    order "group": in the given (rollout) order. order "length": longest first (ties keep
+    their order), so each micro-batch pads to a length close to its sequences' own and the
+    padded slots (`padded_slots`) stay near the real tokens. The count of micro-batches is the
+    same either way (the engine's accumulation boundary), and with the step's global loss
+    normaliser the summed gradient is the same up to float rounding.
+    """
+    if order not in MICRO_ORDERS:
+        raise ValueError(f"micro-batch order must be one of {', '.join(MICRO_ORDERS)}, got {order!r}")
+    if order == "length":
+        seqs = sorted(seqs, key=lambda s: -len(s.ids))  # stable: deterministic for equal lengths
+    return [list(seqs[i : i + size]) for i in range(0, len(seqs), size)]
+
+
+def padded_slots(batches: Sequence[Sequence[TracedSeq]]) -> int:
+    """Token slots the forward passes of `batches` compute: sum of B x T_max (collate pads right)."""
+    return sum(len(m) * max(len(s.ids) for s in m) for m in batches if m)
+
+
 def collate(seqs: Sequence[TracedSeq], pad_id: int, device=None) -> dict:
     """Right-padded tensors of a batch (each sequence starts at position 0).
 

@@ -189,9 +189,10 @@ class TensorBoardTracker(Tracker):
         except ImportError:
             raise TrackingError(f"--report-to tensorboard needs the tensorboard package: {INSTALL_HINT}") from None
         self.log_dir = Path(run_dir) / "tb"
-        # a resumed run drops the events an earlier attempt wrote after its checkpoint
-        self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=resume_step + 1 if resume_step > 0 else None)
-        if config is not None and resume_step == 0:
+        # a resumed run drops the events an earlier attempt wrote after its checkpoint (all of
+        # them for resume_step -1: a resume with no checkpoint starts over)
+        self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=resume_step + 1 if resume_step else None)
+        if config is not None and resume_step <= 0:
             self.writer.add_text("config", _fence(json.dumps(dict(config), indent=2, default=str)), 0)
             self.writer.flush()
 
@@ -229,7 +230,7 @@ def wandb_mode(env: Mapping[str, str] | None = None) -> str:
 
 class WandbTracker(Tracker):
     """A W&B run under `<run_dir>/wandb/` (mode: `wandb_mode()`): scalars, and a `samples`
-    table per `log_samples` call. A resumed run (`resume_step` > 0) starts a new W&B run."""
+    table per `log_samples` call. A resumed run (`resume_step` != 0) starts a new W&B run."""
 
     def __init__(self, run_dir: str | os.PathLike, config: Mapping | None = None, resume_step: int = 0):
         try:  # optional dependency
@@ -297,7 +298,8 @@ def create_tracker(report_to: str | Iterable[str] | None, run_dir: str | os.Path
     """The tracker of `report_to` (see `parse_report_to`) writing under `run_dir`, with the
     resolved `config` (a dict, or the path of the run's config.json, read on rank 0 only); a
     no-op `Tracker` for `none` and for every rank but 0. `resume_step`: the checkpoint step a
-    resumed run continues after (TensorBoard drops the events logged after it)."""
+    resumed run continues after (TensorBoard drops the events logged after it); -1 for a resumed
+    run that starts over without a checkpoint (every earlier event is dropped); 0 for a new run."""
     names = parse_report_to(report_to)
     if rank != 0 or not names:
         return Tracker()

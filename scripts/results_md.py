@@ -4,8 +4,10 @@
 Usage: python scripts/results_md.py runs/ablate/table3 runs/ablate/table5 ... [--paper KEY=VALUE ...]
 
 A sweep folder (results.json of `ft ablate credit|ratio|gamma|layers|weighting`) gives one row
-per variant: test accuracy mean ± std over seeds, the seeds' values, the change against GRPO,
-the mean training reward of the last 3 steps, and seconds per step. An intervention folder
+per variant: test accuracy mean ± std over seeds, the seeds' values, the paired change against
+GRPO (same seeds) with its 95% t interval, the mean training reward of the last 3 steps and
+seconds per step; under the table, the evaluation's standard error per run (over problems) and
+the minimal paired difference detectable at 80% power with the seeds used. An intervention folder
 (`ft ablate intervene`) gives the Table 1 layout with counts and Wilson intervals.
 `--paper LABEL=NUMBER` adds the paper's number to the row of that variant label.
 """
@@ -30,19 +32,38 @@ def sweep_md(res: dict, paper: dict[str, str]) -> str:
         f"seeds {', '.join(map(str, s['seeds']))} · eval {meta.get('label', bench)} {meta['metric']}, "
         f"first {s['eval_limit']} test problems · {res.get('seconds', '?')} s for the runs not reused",
         "",
-        "| variant | test accuracy % (mean ± std) | per seed | Δ vs GRPO | train reward (last 3 steps) | s/step | paper |",
+        "| variant | test accuracy % (mean ± std) | per seed | Δ vs GRPO, paired [95% CI] | train reward (last 3 steps) | s/step | paper |",
         "|---|---|---|---|---|---|---|",
     ]
+    ses, mdds = [], []
     for v in res["variants"]:
         a = v["avg"]
         seeds = " / ".join(_pct(r["avg"]) for r in v["seeds"])
-        d = v.get("delta_vs_baseline")
-        delta = "" if d is None or v["baseline"] else f"{100 * d:+.1f}"
+        ses += [se for r in v["seeds"] for se in (r.get("stderr") or {}).values() if se is not None]
+        pd = v.get("paired_vs_baseline")
+        if v["baseline"]:
+            delta = ""
+        elif pd and pd.get("ci"):
+            delta = f"{100 * pd['mean']:+.1f} [{100 * pd['ci'][0]:+.1f}, {100 * pd['ci'][1]:+.1f}]"
+            if pd.get("mdd") is not None:
+                mdds.append(pd["mdd"])
+        else:
+            d = v.get("delta_vs_baseline")
+            delta = "" if d is None else f"{100 * d:+.1f}"
         rew, sps = v["train"].get("reward_last"), v["train"].get("time_step")
         rew = "—" if rew is None else f"{rew:.3f}"
         sps = "—" if sps is None else f"{sps:.1f}"
         lines.append(f"| {v['label']} | {_pct(a['mean'])} ± {_pct(a['std'])} | {seeds} | {delta} | {rew} | {sps} | "
                      f"{paper.get(v['label'], '—')} |")
+    notes = []
+    if ses:
+        notes.append(f"evaluation standard error per run (over problems): median {100 * sorted(ses)[len(ses) // 2]:.2f} points")
+    if mdds:
+        mdds.sort()
+        notes.append(f"minimal detectable paired difference (80% power, two-sided 5%, {len(s['seeds'])} seeds): "
+                     f"{100 * mdds[0]:.1f}-{100 * mdds[-1]:.1f} points across variants (median {100 * mdds[len(mdds) // 2]:.1f})")
+    if notes:
+        lines += ["", "; ".join(notes) + "."]
     return "\n".join(lines)
 
 

@@ -7,7 +7,7 @@
 #
 # Usage: scripts/table3.sh [MODEL]
 #   env: RULES (none,random,entropy,attention,flow), OUT (runs/ablate/table3), and the shared
-#        settings of scripts/_countdown.sh (SEEDS 0,1,2, JOBS 2, STEPS 12, SUITE, LIMIT 300, ...)
+#        settings of scripts/_countdown.sh (SEEDS 0,1,2, JOBS 2, STEPS 16, SUITE, LIMIT 300, ...)
 # CPU (2 cores, default policy): see README (15 runs). Rerunning skips finished runs.
 source "$(dirname "$0")/_countdown.sh"
 ft ablate credit "${sweep[@]}" --rules "${RULES:-none,random,entropy,attention,flow}" \

@@ -379,19 +379,25 @@ def test_cli_tokens_train_and_overhead(toy, tmp_path):
         assert by[(T, "flow-separate")]["credit_s"] > by[(T, "none-fused")]["credit_s"]
 
 
-def test_sweep_jobs_match_in_process_runs(tmp_path):
+@pytest.mark.parametrize("source", ["generated", pytest.param("files", marks=pytest.mark.needs_data)])
+def test_sweep_jobs_match_in_process_runs(tmp_path, source):
     """--jobs 2 trains and evaluates in spawned processes; every number equals the in-process
-    sweep's (each run is seeded by itself)."""
+    sweep's (each run is seeded by itself). Generated Countdown (no files) or TinyZero's files
+    (--data-source files, passed on to every run; the suite reads the test file)."""
     suite = tmp_path / "cd.toml"
     suite.write_text('label = "CD"\ntask = "countdown"\nsplit = "test"\nmetric = "pass@1"\nn = 1\n'
-                     'temperature = 1.0\nmax_new_tokens = 6\nseed = 0\ngrader = "verify"\nsecond_grader = ""\n')
+                     'temperature = 1.0\nmax_new_tokens = 6\nseed = 0\ngrader = "verify"\nsecond_grader = ""\n'
+                     + ('task_options = { source = "generated" }\n' if source == "generated" else ""))
     docs = []
     for jobs in ("1", "2"):
         out = tmp_path / f"j{jobs}"
         _ok(runner.invoke(app, ["ablate", "credit", "--rules", "none,flow", "--model", "tiny-qwen3", "--task", "countdown",
                                 "--steps", "1", "--prompts", "1", "--group-size", "2", "--max-new-tokens", "6",
+                                "--data-source", source, "--set", "val_every=1", "--set", "val_size=8",
                                 "--eval-suite", str(suite), "--eval-limit", "3", "--out", str(out), "-q", "--jobs", jobs]))
         docs.append(json.loads((out / "results.json").read_text()))
+        cfg = _run_cfg(out, "credit-flow")
+        assert cfg["data_source"] == source and cfg["data"]["source"] == source
     for a, b in zip(docs[0]["variants"], docs[1]["variants"], strict=True):
         assert a["key"] == b["key"] and a["avg"] == b["avg"]
         assert [s["train"]["reward_last"] for s in a["seeds"]] == [s["train"]["reward_last"] for s in b["seeds"]]
@@ -400,3 +406,11 @@ def test_sweep_jobs_match_in_process_runs(tmp_path):
     assert [r["step"] for r in w[0]] == [0, 1]  # validation of the starting policy, then the step
     w = [rows[1] for rows in w]
     assert w[0]["loss"] == w[1]["loss"] and w[0]["grad_norm"] == w[1]["grad_norm"]
+
+
+def test_cli_ablate_data_root_missing_file_is_one_line(tmp_path):
+    """--data-root reaches the analyses' tasks: an empty one names the file and the fetch command."""
+    res = runner.invoke(app, ["ablate", "intervene", "--model", "tiny-qwen3", "--task", "gsm8k", "--n", "1",
+                              "--data-root", str(tmp_path / "empty"), "--out", str(tmp_path / "o"), "-q"])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "gsm8k/test.jsonl" in res.output and "ft data fetch gsm8k" in res.output

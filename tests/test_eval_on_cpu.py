@@ -317,15 +317,39 @@ def _real_tasks():
         return False
 
 
-@pytest.mark.skipif(not _real_tasks(), reason="task plugins (ftcli.tasks) not available yet")
-def test_cli_real_suite_math500(tmp_path):
+def _math500_fixture(root):
+    """A 3-problem math500 file in the registry's layout (no benchmark files needed)."""
+    (root / "math500").mkdir(parents=True)
+    rows = [{"problem": f"What is {i} + {i}?", "solution": f"{i} + {i} = {2 * i}", "answer": str(2 * i),
+             "subject": "Algebra", "level": 1, "unique_id": f"test/algebra/{i}.json"} for i in range(1, 4)]
+    (root / "math500" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+@pytest.mark.parametrize("data", ["fixture", pytest.param("real", marks=pytest.mark.needs_data)])
+def test_cli_real_suite_math500(tmp_path, data):
+    """The real math500 suite through the CLI, on a fixture file given by --data-root (or on
+    the benchmark file): results.json records the file and its sha256."""
     out = tmp_path / "m"
+    root = ["--data-root", str(_math500_fixture(tmp_path / "data"))] if data == "fixture" else []
     res = runner.invoke(app, ["eval", "math500", "--model", "tiny-qwen3", "--limit", "2",
-                              "--max-new-tokens", "8", "--out", str(out), "-q"])
+                              "--max-new-tokens", "8", "--out", str(out), "-q", *root])
     assert res.exit_code == 0, res.output
     doc = json.loads((out / "results.json").read_text())
     e = doc["benchmarks"]["math500"]
     assert e["n_problems"] == 2 and e["protocol"]["grader"] in ("math_verify", "verify")
+    assert e["data"]["source"] == "files" and len(e["data"]["files"]["test"]["sha256"]) == 64
+    if data == "fixture":
+        assert e["data"]["root"] == str(tmp_path / "data")
+        ids = {json.loads(x)["id"] for x in (out / "samples.jsonl").read_text().splitlines()}
+        assert ids == {"test/algebra/1.json", "test/algebra/2.json"}
+
+
+def test_cli_missing_benchmark_file_is_one_line(tmp_path):
+    res = runner.invoke(app, ["eval", "aime24", "--model", "tiny-qwen3", "--limit", "1", "-q",
+                              "--data-root", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "aime24/test.jsonl" in res.output and "ft data fetch aime24" in res.output
 
 
 def test_grade_sample_fallbacks():

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shlex
+import sys
 from dataclasses import asdict
 
 import pytest
@@ -268,3 +270,125 @@ def test_command_line():
     assert command_line(["/venv/bin/ft", "train", "--out", "runs/a b"]) == "ft train --out 'runs/a b'"
     assert command_line(["/x/ftcli/train_entry.py", "--local_rank=1", "--zero-stage", "2"]) == \
         "python -m ftcli.train_entry --zero-stage 2"
+
+
+# -- wired into ft train, ft ablate and ft sft ---------------------------------------------------
+needs_tb = pytest.mark.skipif(not HAS_TB, reason='tensorboard is not installed (pip install "ftcli[tracking]")')
+
+
+def _tb_read(log_dir):
+    """TensorBoard's own reader on `log_dir`: (accumulator, {tag: [(step, value)]})."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    return acc, {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def _assert_tb_has_rows(scalars: dict, rows: list[dict]) -> None:
+    """Every numeric entry of every metrics row is a scalar of the same name, step and value."""
+    want: dict[str, list] = {}
+    for r in rows:
+        for k, v in flatten_scalars(r).items():
+            want.setdefault(k, []).append((r["step"], v))
+    assert set(scalars) == set(want)
+    for k, pts in want.items():
+        assert [s for s, _ in scalars[k]] == [s for s, _ in pts], k
+        assert [v for _, v in scalars[k]] == pytest.approx([v for _, v in pts], rel=1e-6, abs=1e-7), k
+
+
+@needs_tb
+def test_ft_train_report_to_tensorboard_resume_and_model_card(tmp_path, monkeypatch):
+    """`ft train --report-to tensorboard` on a tiny model: every metrics.jsonl scalar (step rows
+    and validation rows) and the logged samples (credited tokens marked) read back with
+    TensorBoard's reader; a resumed run does not duplicate steps; checkpoints/final/README.md
+    is a model card whose metadata parses."""
+    from tensorboard.util import tensor_util
+
+    from ftcli.cli import app
+
+    out = tmp_path / "entropy-run"
+    args = ["train", "--model", "tiny-qwen3", "--task", "countdown", "--credit", "entropy", "--steps", "2",
+            "--prompts", "2", "--group-size", "2", "--max-new-tokens", "8", "--train-size", "2",
+            "--val-every", "1", "--val-size", "3", "--log-samples", "1", "--report-to", "tensorboard",
+            "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/ft", *args])  # what the card records as the command
+    res = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    acc, scalars = _tb_read(out / "tb")
+    _assert_tb_has_rows(scalars, rows)
+    assert {"reward_mean", "accuracy", "response_len", "frac_credited", "loss", "grad_norm", "clip_frac",
+            "time_gen", "time_step", "val_accuracy", "time_val"} <= set(scalars)
+    assert [s for s, _ in scalars["val_accuracy"]] == [0, 1, 2]
+    samples = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    texts = [(e.step, tensor_util.make_ndarray(e.tensor_proto).item().decode()) for e in acc.Tensors("samples/text_summary")]
+    assert [s["step"] for s in samples] == [st for st, _ in texts] == [1, 2]
+    assert all(s["credited"] for s in samples)  # entropy credit marks 40% of the tokens
+    for (_, md), s in zip(texts, samples, strict=True):
+        assert mark_credited(s["tokens"], s["credited"]) in md and CREDIT_OPEN in md
+    assert json.loads(next(iter(acc.Tensors("config/text_summary"))).tensor_proto.string_val[0].decode().strip("`\n"))["report_to"] == "tensorboard"
+
+    card = (out / "checkpoints" / "final" / "README.md").read_text(encoding="utf-8")
+    meta = front_matter(card)
+    assert card.startswith("---\n") and yaml.safe_load(card.split("---\n")[1]) == meta
+    assert meta["library_name"] == "transformers" and meta["tags"] == ["ftcli", "flowtracer", "grpo", "countdown"]
+    [entry] = meta["model-index"]
+    assert entry["name"] == "entropy-run"
+    assert entry["results"][0]["metrics"][0]["value"] == pytest.approx(rows[-1]["val_accuracy"])
+    for want in ("| base model | `tiny-qwen3` |", "| task | `countdown` |", "| credit rule | `entropy`",
+                 "| credit gamma | `1.5` |", "| steps | 2 |", f"| final validation accuracy | {rows[-1]['val_accuracy']:.4g} |",
+                 f"```bash\n{shlex.join(['ft', *args])}\n```"):
+        assert want in card, want
+    assert not (out / "checkpoints" / "step_000002" / "README.md").exists()  # the final checkpoint's only
+    from ftcli.train.rundir import checkpoint_damage, read_manifest
+
+    final = out / "checkpoints" / "final"
+    assert "README.md" in read_manifest(final) and checkpoint_damage(final) is None  # the card is in its digests
+
+    # resumed for one more step: step 3 is added once, the card now says 3 steps
+    args3 = [*args[: args.index("--steps") + 1], "3", *args[args.index("--steps") + 2 :], "--resume"]
+    res = CliRunner().invoke(app, args3, env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    _, scalars = _tb_read(out / "tb")
+    _assert_tb_has_rows(scalars, rows)
+    assert "| steps | 3 |" in (out / "checkpoints" / "final" / "README.md").read_text(encoding="utf-8")
+
+    bad = CliRunner().invoke(app, ["train", "--report-to", "tensorbord", "--out", str(tmp_path / "bad")])
+    assert bad.exit_code != 0 and "unknown --report-to backend 'tensorbord'" in bad.output
+    assert not (tmp_path / "bad").exists()
+
+
+def test_report_to_is_a_train_option_so_sweeps_take_it():
+    from ftcli.commands.ablate import _parse_set
+    from ftcli.train.config import resolve_config
+
+    assert _parse_set(["report_to=tensorboard"]) == {"report_to": "tensorboard"}  # ft ablate --set report_to=...
+    assert resolve_config().report_to == "none"
+    with pytest.raises(TrackingError, match="unknown --report-to backend 'mlflow'"):
+        resolve_config(report_to="mlflow")
+
+
+@needs_tb
+def test_ft_sft_report_to_tensorboard(tmp_path):
+    """`ft sft --report-to tensorboard` logs every loss row and the evaluation accuracy in
+    <out>-logs/tb (not inside the checkpoint folder)."""
+    from ftcli.cli import app
+
+    out = tmp_path / "sft"
+    res = CliRunner().invoke(app, ["sft", "--out", str(out), "--size", "micro", "--steps", "3", "--batch-size", "4",
+                                   "--problems", "12", "--eval-split", "validation", "--eval-problems", "2",
+                                   "--engine", "torch", "--eval-temperatures", "0", "--quiet", "--report-to", "tensorboard"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "sft_report.json").read_text())
+    acc, scalars = _tb_read(tmp_path / "sft-logs" / "tb")
+    hist = report["loss_history"]
+    assert [s for s, _ in scalars["loss"]] == [h["step"] for h in hist] == [3]
+    assert [v for _, v in scalars["loss"]] == pytest.approx([h["loss"] for h in hist], rel=1e-6)
+    assert {"lr", "tokens", "elapsed_s"} <= set(scalars)
+    assert scalars["validation_accuracy/greedy"] == [(3, pytest.approx(report["eval"]["greedy"]["accuracy"]))]
+    assert "config/text_summary" in acc.Tags()["tensors"]
+    assert not (out / "tb").exists()

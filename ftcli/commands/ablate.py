@@ -104,7 +104,7 @@ def _parse_set(items: list[str] | None) -> dict:
 # training options from TrainConfig (None = ft train's default), the sweep's from SweepConfig.
 TRAIN_PANEL = "Training (same for every variant)"
 EVAL_PANEL = "Evaluation"
-SWEEP_TRAIN_OPTIONS = ("model", "task", "steps", "prompts", "group_size", "max_new_tokens", "lr")
+SWEEP_TRAIN_OPTIONS = ("model", "task", "data_source", "data_root", "steps", "prompts", "group_size", "max_new_tokens", "lr")
 
 
 def _train_params() -> list[inspect.Parameter]:

@@ -15,6 +15,8 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
 
+from ftcli.commands.data import DataRootOption
+from ftcli.models import torch_dtype
 from ftcli.progress import progress_bar
 from ftcli.suites import list_suites, load_suite
 
@@ -25,6 +27,8 @@ EPILOG = """Examples:
   ft eval math --ckpt runs/x:best
 
   ft eval math500 --limit 5 --max-new-tokens 256
+
+  ft eval aime24 --model tiny-qwen3 --limit 1 --data-root /mnt/mirror/data
 
   ft eval paper-llama --model meta-llama/Llama-3.2-3B-Instruct --backend vllm
 
@@ -71,11 +75,17 @@ def run(
     device: str = typer.Option(None, "--device", help="cpu / cuda (default: cuda when available)."),
     dtype: str = typer.Option(None, "--dtype", help="fp32 / bf16 / fp16 (default: bf16 on cuda, fp32 on cpu)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    data_root: DataRootOption = None,
 ):
-    """Evaluate on SUITE; writes samples.jsonl and results.json (resumes if interrupted)."""
+    """Evaluate on SUITE; writes samples.jsonl and results.json (resumes if interrupted).
+
+    Benchmark files come from --data-root, else $FT_DATA, else the data cache (a missing file
+    is fetched on first use unless FT_NO_DOWNLOAD=1; `ft data fetch`); results.json records
+    each benchmark's files and their sha256."""
     from ftcli.evaluate import evaluate, results_table  # imported here: `ft --help` stays fast
 
     load_suite(suite)  # fail fast on an unknown suite (lists the known ones)
+    torch_dtype(dtype)  # and on an unknown --dtype (one line listing the choices)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if dtype is None and device.startswith("cuda"):
@@ -86,7 +96,7 @@ def run(
     with progress_bar("{task.description}", "samples", console=console, disable=quiet) as prog:
         doc, path = evaluate(suite, model=model, ckpt=ckpt, out=out, limit=limit, batch_size=batch_size,
                              backend=backend, device=device, dtype=dtype, overrides=overrides,
-                             progress=prog)
+                             progress=prog, data_root=data_root)
     console.print(results_table([(doc["model"], doc["benchmarks"])], title=f"ft eval {doc['suite']}"))
     console.print(f"wrote {path} (samples beside it)")
 

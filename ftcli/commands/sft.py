@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 import typer
 from rich.console import Console
 
+from ftcli.commands.data import DataRootOption
 from ftcli.policy import DEFAULT_RECIPE as R
 from ftcli.policy import MODEL_SIZES
+from ftcli.tracking import REPORT_TO_HELP, create_tracker, report_to_callback
 
 EPILOG = """Examples:
 
@@ -20,6 +22,10 @@ EPILOG = """Examples:
   ft sft --out runs/sft-tiny --size tiny --steps 200 --problems 2000 --eval-problems 200
 
   ft sft --out runs/sft-seed1 --seed 1 --engine deepspeed
+
+  ft sft --out runs/sft-tiny --size tiny --steps 200 --report-to tensorboard   # logs in runs/sft-tiny-logs/tb
+
+  ft sft --out runs/sft-tz --data-source files     # TinyZero's Countdown files instead of the generator
 """
 
 
@@ -33,6 +39,8 @@ def sft(
     warmup_steps: int = typer.Option(R.warmup_steps, min=0, help="Warm-up steps."),
     weight_decay: float = typer.Option(R.weight_decay, min=0.0, help="AdamW weight decay (matrices only)."),
     problems: int = typer.Option(None, min=1, help="Training problems from the task's train split (default: all)."),
+    data_source: str = typer.Option(R.data_source, "--data-source", help="generated: the seeded Countdown generator (no files; seeded by --seed) | files: TinyZero's parquet files from the data root (fetched on first use)."),
+    data_root: DataRootOption = None,
     traces_per_problem: int = typer.Option(R.traces_per_problem, min=1, help="Traces per problem (different failed tries)."),
     vocab_size: int = typer.Option(R.vocab_size, min=300, help="BPE vocabulary size (upper bound)."),
     engine: str = typer.Option(R.engine, help="torch (AdamW) | deepspeed (ZeRO-0 engine, same update)."),
@@ -43,12 +51,16 @@ def sft(
     threads: int = typer.Option(1, min=1, help="torch threads (1 keeps the build bit-reproducible)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing checkpoint in --out."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    report_to: str = typer.Option("none", "--report-to", callback=report_to_callback,
+                                  help=REPORT_TO_HELP.replace("<out>", "<out>-logs")),
 ):
     """Train a small Qwen3 from scratch on Countdown solver traces (loss on response tokens only)."""
     from ftcli.policy.recipe import build_policy  # imported here: ft --help stays fast
 
     if size not in MODEL_SIZES:
         raise typer.BadParameter(f"unknown size {size!r} (known: {', '.join(MODEL_SIZES)})", param_hint="--size")
+    if data_source not in ("generated", "files"):
+        raise typer.BadParameter("generated | files", param_hint="--data-source")
     if engine not in ("torch", "deepspeed"):
         raise typer.BadParameter("torch | deepspeed", param_hint="--engine")
     if out.exists() and any(out.iterdir()) and not force:
@@ -63,10 +75,15 @@ def sft(
         R, seed=seed, size=size, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=min(warmup_steps, steps),
         weight_decay=weight_decay, problems=problems, traces_per_problem=traces_per_problem,
         vocab_size=vocab_size, engine=engine, eval_split=eval_split, eval_problems=eval_problems,
-        eval_temperatures=temps,
+        eval_temperatures=temps, data_source=data_source, data_root=str(data_root) if data_root else None,
     )
-    report = build_policy(out, recipe, progress=not quiet, console=console, evaluate=not no_eval,
-                          log=lambda m: console.print(m))
+    # next to --out, not inside it: the checkpoint folder is replaced as a whole when it is saved
+    tracker = create_tracker(report_to, out.with_name(f"{out.name}-logs"), asdict(recipe))
+    try:
+        report = build_policy(out, recipe, progress=not quiet, console=console, evaluate=not no_eval,
+                              log=lambda m: console.print(m), on_log=lambda row: tracker.log(row["step"], row))
+    finally:
+        tracker.close()
     summary = {k: report[k] for k in ("parameters", "vocab_size", "train_traces", "sft_seconds", "final_loss", "total_seconds")}
     if "eval" in report:
         summary["accuracy"] = {k: {"all": v["accuracy"], **{f"{g}-numbers": x["accuracy"] for g, x in v.get("by_group", {}).items()}}

@@ -27,6 +27,10 @@ EPILOG = """Examples:
 
   ft train --task countdown --credit none --out runs/grpo --steps 20
 
+  ft train --steps 2 --out runs/smoke          (a smoke run: shorter than --val-every, so not validated)
+
+  ft train --data-source files --data-root /mnt/data --out runs/tz   (TinyZero's Countdown files)
+
   ft train --preset paper --model Qwen/Qwen3-4B-Base --task math --out runs/paper-flow
 
   ft train --out runs/flow --resume --steps 40            (continue a run)
@@ -39,7 +43,7 @@ Multi-process (one process per GPU, or 2 CPU processes):
 """
 
 # options that may change when a run is resumed (everything else must match the saved config)
-RESUMABLE = {"steps", "progress", "val_every", "save_every", "keep_last", "log_samples", "gen_batch_size"}
+RESUMABLE = {"steps", "progress", "val_every", "save_every", "keep_last", "log_samples", "gen_batch_size", "data_root"}
 
 
 def _option_type(tp):
@@ -86,6 +90,7 @@ def _resumed_options(out: str, given: dict) -> tuple[str, dict]:
     saved = json.loads((Path(out) / "config.json").read_text(encoding="utf-8"))
     names = {f.name for f in fields(TrainConfig)}
     opts = {k: v for k, v in saved.items() if k in names and k != "preset"}
+    opts.setdefault("data_source", "files")  # runs saved before --data-source read the files
     for k, v in given.items():
         if v is None or k == "out":
             continue

@@ -18,6 +18,7 @@ from ftcli.io import atomic_write_json, atomic_write_text
 from ftcli.models import load_model
 from ftcli.progress import progress_bar
 from ftcli.sequences import TracedSeq, collate
+from ftcli.tasks.loading import task_data_options
 
 
 def guard_settings(out: Path, settings: dict, ignore: Sequence[str] = ()) -> None:
@@ -51,9 +52,10 @@ def load_pair(model, device=None):
     return load_model(model, device=device)
 
 
-def resolve_task(task):
-    """A task object from a name (`ftcli.get_task`) or the object itself."""
-    return get_task(task) if isinstance(task, str) else task
+def resolve_task(task, data_root: str | Path | None = None):
+    """A task object from a name (`ftcli.get_task`, its files under `data_root`, else $FT_DATA,
+    else the data cache) or the object itself."""
+    return get_task(task, **task_data_options(task, data_root)) if isinstance(task, str) else task
 
 
 def pad_id_of(tokenizer) -> int:

@@ -27,6 +27,7 @@ class InterveneConfig:
     keep_truncated: bool = option(False, "Also use problems whose original response hit --max-new-tokens (its answer is only its last number; for smoke runs with random models).")
     batch_size: int = option(8, "Problems per batch.", flags=("-b",), min=1)
     out: str = option("runs/ablate/intervene", "Output folder.", flags=("-o",))
+    data_root: str | None = option(None, "Folder with the benchmark files (default: $FT_DATA, else the data cache $FT_CACHE/data, filled by `ft data fetch`).")
 
 
 INTERVENE_PROTOCOL = """\
@@ -67,6 +68,7 @@ class TextConfig:
     seed: int = option(0, "Seed (the letter-choice option order; sampling).")
     batch_size: int = option(8, "Sequences per forward.", flags=("-b",), min=1)
     out: str = option("runs/ablate/format", "Output folder.", flags=("-o",))
+    data_root: str | None = option(None, "Folder with the benchmark files (default: $FT_DATA, else the data cache $FT_CACHE/data, filled by `ft data fetch`).")
 
 
 @dataclass
@@ -82,6 +84,7 @@ class OverheadConfig:
     layers: str = option("mid", "Layers averaged into W: mid|early|late|all|A:B.")
     seed: int = option(0, "Seed of the synthetic responses.")
     out: str = option("runs/ablate/overhead", "Output folder.", flags=("-o",))
+    data_root: str | None = option(None, "Folder with the benchmark files (default: $FT_DATA, else the data cache $FT_CACHE/data, filled by `ft data fetch`).")
 
 
 @dataclass

@@ -154,7 +154,7 @@ def intervene(cfg: InterveneConfig, *, console=None, progress: bool = True, mode
     out = Path(cfg.out)
     settings = {k: v for k, v in asdict(cfg).items() if k != "out"}
     guard_settings(out, settings, ignore=("n", "batch_size"))
-    task_obj = resolve_task(task if task is not None else cfg.task)
+    task_obj = resolve_task(task if task is not None else cfg.task, cfg.data_root)
     samples = list(task_obj.load(cfg.split))[: cfg.n]
     pfile = out / "problems.jsonl"
     done = {r["id"]: r for r in read_jsonl(pfile)}

@@ -107,3 +107,54 @@ def select_positions(scores: torch.Tensor, ratio: float, how: str, seed: int) ->
         return torch.randperm(n, generator=g)[:k].sort().values
     m = select_tokens(scores[None], torch.ones(1, n, dtype=torch.bool), ratio, largest=how == "top", exclude_zero=False)
     return m[0].nonzero()[:, 0]
+
+
+def t_quantile(p: float, df: int) -> float:
+    """Quantile of Student's t distribution with `df` degrees of freedom (bisection on the CDF
+    F(t) = 1 - I_{df / (df + t^2)}(df/2, 1/2) / 2 for t >= 0, through mpmath's incomplete beta)."""
+    import mpmath  # a sympy dependency; only the experiments' statistics need it
+
+    if df < 1:
+        raise ValueError(f"df must be >= 1, got {df}")
+    if not 0 < p < 1:
+        raise ValueError(f"p must be in (0, 1), got {p}")
+    if p < 0.5:
+        return -t_quantile(1 - p, df)
+
+    def cdf(t: float) -> float:
+        x = df / (df + t * t)
+        return float(1 - mpmath.betainc(df / 2, 0.5, 0, x, regularized=True) / 2)
+
+    lo, hi = 0.0, 1.0
+    while cdf(hi) < p:
+        hi *= 2
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+        if hi - lo < 1e-12:
+            break
+    return (lo + hi) / 2
+
+
+def paired_difference(xs: Sequence[float], ys: Sequence[float], level: float = 0.95) -> dict:
+    """Paired difference of two arms run on the same seeds: d_i = x_i - y_i.
+
+    {"n", "mean", "std", "ci": [lo, hi]} with the t interval mean ± t_{(1+level)/2, n-1} std / sqrt(n);
+    ci is None for fewer than two pairs.
+    """
+    d = [float(x) - float(y) for x, y in zip(xs, ys, strict=True)]
+    m, sd = mean_std(d)
+    n = len(d)
+    if n < 2 or sd is None:
+        return {"n": n, "mean": m, "std": sd, "ci": None}
+    half = t_quantile((1 + level) / 2, n - 1) * sd / math.sqrt(n)
+    return {"n": n, "mean": m, "std": sd, "ci": [m - half, m + half]}
+
+
+def minimal_detectable_difference(sd_diff: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float | None:
+    """Smallest true paired difference a two-sided paired t test at level `alpha` detects with
+    probability `power` over n seeds: (t_{1-alpha/2, n-1} + t_{power, n-1}) sd_diff / sqrt(n).
+    None for fewer than two seeds."""
+    if n < 2:
+        return None
+    return (t_quantile(1 - alpha / 2, n - 1) + t_quantile(power, n - 1)) * sd_diff / math.sqrt(n)

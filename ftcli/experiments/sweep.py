@@ -20,7 +20,7 @@ from rich.table import Table
 from ftcli.evaluate import evaluate, protocol_str
 from ftcli.experiments.common import fmt_num, fmt_pct, fmt_pm_pct, guard_settings, write_csv
 from ftcli.experiments.config import SweepConfig
-from ftcli.experiments.stats import mean_std, mean_std_dict
+from ftcli.experiments.stats import mean_std, mean_std_dict, minimal_detectable_difference, paired_difference
 from ftcli.experiments.variants import Variant, dedupe
 from ftcli.io import atomic_write_json
 from ftcli.plots import training_curves, variant_bars
@@ -92,11 +92,13 @@ def _sweep_job(job: dict, *, console=None, train_fn: Callable | None = None,
         with progress_bar("[bold]eval[/] {task.description}", console=console,
                           disable=not job["progress"], transient=True) as prog:
             doc, _ = eval_fn(suite, ckpt=f"{run_dir}:final", out=eval_dir, limit=limit,
-                             batch_size=job["eval_batch_size"], overrides=job["eval_overrides"], progress=prog)
+                             batch_size=job["eval_batch_size"], overrides=job["eval_overrides"], progress=prog,
+                             data_root=tcfg.data_root)
         atomic_write_json(stamp_file, stamp)
     return {
         "variant": job["variant"], "label": job["label"], "seed": job["seed"], "run_dir": str(run_dir),
         "eval": {b: e["value"] for b, e in doc["benchmarks"].items()},
+        "stderr": {b: e.get("stderr") for b, e in doc["benchmarks"].items()},
         "avg": doc["avg"]["value"], "train": _train_summary(run_dir),
         "bench_meta": {b: {"label": e.get("label", b), "metric": e["metric"], "protocol": e.get("protocol")}
                        for b, e in doc["benchmarks"].items()},
@@ -192,8 +194,25 @@ def _aggregate(cfg: SweepConfig, variants: Sequence[Variant], rows: list[dict], 
             base_avg = avg["mean"]
     for ov in out_vars:
         ov["delta_vs_baseline"] = (ov["avg"]["mean"] - base_avg) if base_avg is not None and ov["avg"]["mean"] is not None else None
+        if base is not None:
+            ov["paired_vs_baseline"] = paired_vs_baseline(ov, next(o for o in out_vars if o["key"] == base.key))
     return {"experiment": cfg.name, "settings": settings, "benchmarks": bench_meta, "variants": out_vars,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def paired_vs_baseline(variant: dict, base: dict) -> dict | None:
+    """The variant's accuracy minus the baseline's on the seeds both ran (same problems and
+    sampling seeds per arm): the paired difference with its 95% t interval, and the minimal
+    difference detectable at 80% power with that many seeds and this spread of differences."""
+    mine = {r["seed"]: r["avg"] for r in variant["seeds"] if r.get("avg") is not None}
+    theirs = {r["seed"]: r["avg"] for r in base["seeds"] if r.get("avg") is not None}
+    seeds = sorted(set(mine) & set(theirs))
+    if not seeds or variant["key"] == base["key"]:
+        return None
+    d = paired_difference([mine[s] for s in seeds], [theirs[s] for s in seeds])
+    d["seeds"] = seeds
+    d["mdd"] = minimal_detectable_difference(d["std"], d["n"]) if d["std"] is not None else None
+    return d
 
 
 def _write_sweep(out: Path, res: dict) -> None:

@@ -125,7 +125,7 @@ def answer_format(cfg: TextConfig, *, console=None, progress: bool = True, model
     out = Path(cfg.out)
     settings = {k: v for k, v in asdict(cfg).items() if k != "out"}
     guard_settings(out, settings, ignore=("batch_size",))
-    task_obj = resolve_task(task if task is not None else cfg.task)
+    task_obj = resolve_task(task if task is not None else cfg.task, cfg.data_root)
     console = stderr_console(console)
     mdl, tok = load_pair(model if model is not None else cfg.model)
     pad = pad_id_of(tok)
@@ -221,7 +221,7 @@ def token_classes(cfg: TextConfig, *, console=None, progress: bool = True, model
     out = Path(cfg.out)
     settings = {k: v for k, v in asdict(cfg).items() if k != "out"}
     guard_settings(out, settings, ignore=("batch_size",))
-    task_obj = resolve_task(task if task is not None else cfg.task)
+    task_obj = resolve_task(task if task is not None else cfg.task, cfg.data_root)
     console = stderr_console(console)
     mdl, tok = load_pair(model if model is not None else cfg.model)
     pad = pad_id_of(tok)

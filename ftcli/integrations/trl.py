@@ -63,9 +63,9 @@ try:  # TRL is an optional dependency: only this module needs it
 except ImportError as e:
     raise ImportError('ftcli.integrations.trl needs TRL: pip install "ftcli[trl]"') from e
 
-from ftcli.attention import capture_attention, layer_range
+from ftcli.attention import capture_attention, layer_range, num_layers
 from ftcli.credit import CreditInputs, CreditOptions, compute_credit, get_rule
-from ftcli.generation import token_offsets
+from ftcli.generation import decode_text, token_offsets
 from ftcli.seeds import derive_seed
 from ftcli.spans import Span, find_question_span, span_to_token_mask
 
@@ -154,9 +154,8 @@ class FlowTracerGRPOTrainer(GRPOTrainer):
         self._credit_batch: _CreditBatch | None = None  # set only while TRL computes the loss
         self._credit_calls = 0  # generation batches seen (distinct seeds for several per step)
         super().__init__(*args, **kwargs)
-        n_layers = getattr(self.model.config.get_text_config(), "num_hidden_layers", None)
-        if n_layers is not None and "attention" in self.credit_rule.needs:
-            layer_range(layers, n_layers)  # a bad --layers fails here, not at the first update
+        if "attention" in self.credit_rule.needs:
+            layer_range(layers, num_layers(self.model))  # a bad --layers fails here, not at the first update
 
     # -- spans, once per generation batch -----------------------------------------------------
     def _generate_and_score_completions(self, inputs):
@@ -190,7 +189,7 @@ class FlowTracerGRPOTrainer(GRPOTrainer):
             ids = prompt_ids[b][prompt_mask[b].bool()].tolist()
             key = tuple(ids)
             if key not in prompt_cache:  # a prompt repeats num_generations times
-                text = _decode(tok, ids)
+                text = decode_text(tok, ids)
                 prompt_cache[key] = (text, token_offsets(tok, ids, text))
             text, offsets = prompt_cache[key]
             span = self._question_span(text, rows[b])
@@ -198,7 +197,7 @@ class FlowTracerGRPOTrainer(GRPOTrainer):
             if self.answer_span is None:
                 continue
             ids = completion_ids[b][completion_mask[b].bool()].tolist()
-            text = _decode(tok, ids)  # at most max_completion_length tokens
+            text = decode_text(tok, ids)  # at most max_completion_length tokens
             span = self.answer_span(text)
             if span is not None:
                 a_mask[b, : len(ids)] = span_to_token_mask(token_offsets(tok, ids, text), span, len(ids))
@@ -244,13 +243,7 @@ class FlowTracerGRPOTrainer(GRPOTrainer):
                 out = super()._get_per_token_logps_and_entropies(
                     model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
                 )
-            missing = sorted(set(cap.layers) - set(cap.seen))
-            if missing or cap.W is None:
-                raise RuntimeError(
-                    f"layers {missing or cap.layers} never reached the attention interface; "
-                    f"{type(policy).__name__} may not route attention through transformers' AttentionInterface"
-                )
-            W = cap.W  # [B, T, T] fp32
+            W = cap.checked_W()  # [B, T, T] fp32
         else:
             out = super()._get_per_token_logps_and_entropies(
                 model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
@@ -298,8 +291,3 @@ class FlowTracerGRPOTrainer(GRPOTrainer):
         counts = self.accelerator.reduce(counts, reduction="sum")
         self._metrics[mode]["flowtracer/credited_frac"].append((counts[0] / counts[1].clamp(min=1.0)).item())
         self._metrics[mode]["flowtracer/fallback_frac"].append((counts[2] / counts[3].clamp(min=1.0)).item())
-
-
-def _decode(tokenizer, ids: list[int]) -> str:
-    """The text `token_offsets` maps into (special tokens skipped, no clean-up)."""
-    return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)

@@ -88,6 +88,8 @@ class PolicyRecipe:
     eval_temperatures: tuple[float, ...] = (0.0, 0.7, 1.0)  # 0 = greedy
     store_fp16: bool = True  # weights rounded to float16 after SFT and stored so (half the size)
     task: str = "countdown"
+    data_source: str = "generated"  # generated: the seeded Countdown generator (no files); files: TinyZero's
+    data_root: str | None = None  # the data root of data_source="files" (default: $FT_DATA, else the data cache)
 
 
 DEFAULT_RECIPE = PolicyRecipe()

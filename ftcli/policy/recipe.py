@@ -22,6 +22,7 @@ from ftcli.policy.model import new_policy_model, round_to_fp16, save_policy, tra
 from ftcli.policy.traces import SFTExample, TraceOptions, countdown_examples, numbers_and_target
 from ftcli.sft import SFTConfig, evaluate_task, sft_train
 from ftcli.tasks.countdown import make_sample
+from ftcli.tasks.loading import GENERATED_TASKS, describe_data, task_data_options
 
 
 def trace_options(r: PolicyRecipe) -> TraceOptions:
@@ -43,14 +44,17 @@ def build_policy(
     console=None,
     evaluate: bool = True,
     log: Callable[[str], None] | None = None,
+    on_log: Callable[[dict], None] | None = None,
 ) -> dict:
     """Traces -> tokenizer -> Qwen3 from scratch -> SFT -> evaluation -> checkpoint in `out_dir`
-    (with `RECIPE.md` and `sft_report.json`). Returns the report."""
+    (with `RECIPE.md` and `sft_report.json`). Returns the report. `on_log` gets each SFT loss
+    row (`sft_train`'s) and then one row of the evaluation accuracies (`ftcli.tracking`)."""
     r = recipe or PolicyRecipe()
     say = log or (lambda m: None)
     t_start = time.time()
     torch.manual_seed(r.seed)
-    task = get_task(r.task)
+    source = r.data_source if r.task in GENERATED_TASKS else None
+    task = get_task(r.task, **task_data_options(r.task, r.data_root, source, r.seed))
     train = task.load("train")
     if r.problems is not None:
         train = train[: r.problems]
@@ -66,7 +70,7 @@ def build_policy(
     model = new_policy_model(tok, r.size, r.seed, r.max_positions)
     n_params = sum(p.numel() for p in model.parameters())
     say(f"tokenizer: {len(tok)} tokens; model: Qwen3 {r.size}, {n_params / 1e6:.2f} M parameters")
-    res = sft_train(model, tok, examples, sft_config(r), progress=progress, console=console)
+    res = sft_train(model, tok, examples, sft_config(r), progress=progress, console=console, on_log=on_log)
     say(f"SFT: {r.steps} steps in {res.wall_s:.0f} s, final loss {res.final_loss:.3f}")
     if r.store_fp16:
         round_to_fp16(model)  # what is evaluated is exactly what is shipped
@@ -76,6 +80,7 @@ def build_policy(
         "parameters": n_params,
         "vocab_size": len(tok),
         "train_problems": len(train),
+        "data": describe_data(task),
         "train_traces": len(examples),
         "data_seconds": round(t_data, 1),
         "sft_seconds": round(res.wall_s, 1),
@@ -99,6 +104,8 @@ def build_policy(
             say(f"{r.eval_split} {name} (T={temp}): accuracy {m['accuracy']:.3f} "
                 + " ".join(f"{k}-numbers {v['accuracy']:.3f}" for k, v in m.get("by_group", {}).items())
                 + f", format {m['format_rate']:.3f}, {m['mean_response_tokens']:.0f} tokens ({m['seconds']} s)")
+        if on_log is not None:
+            on_log({"step": r.steps, f"{r.eval_split}_accuracy": {k: v["accuracy"] for k, v in report["eval"].items()}})
     report["total_seconds"] = round(time.time() - t_start, 1)
     save_policy(model, tok, out_dir, store_fp16=r.store_fp16, extra_files={
         "RECIPE.md": recipe_markdown(report),
@@ -149,8 +156,11 @@ def recipe_markdown(report: dict) -> str:
         "",
         "## Data",
         "",
-        f"- Problems: the first {report['train_problems']} samples of the Countdown task's `train` split "
-        "(TinyZero train rows from the shared UFT parquet, minus the 500-problem validation hold-out).",
+        f"- Problems: the first {report['train_problems']} samples of the Countdown task's `train` split: "
+        + ("the seeded generator (`ftcli.tasks.countdown`, no files; " + json.dumps(report["data"]) + ")."
+           if report.get("data", {}).get("source") == "generated" else
+           "TinyZero train rows from the UFT parquet, minus the 500-problem validation hold-out"
+           + (f" ({json.dumps(report['data'])})." if "data" in report else ".")),
         f"- Traces: {report['train_traces']} ({r['traces_per_problem']} per problem, different failed tries), "
         "rendered through the task's own chat prompt and assistant prefix; every trace scores 1.0 with the task's reward.",
         "- A trace: 0-3 failed tries (random combinations near the target), the solution's steps, "

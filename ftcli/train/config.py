@@ -15,13 +15,17 @@ from ftcli.credit import (
     get_rule,
 )
 from ftcli.models import DEFAULT_POLICY
-from ftcli.options import option
+from ftcli.options import check_limits, option
+from ftcli.sequences import MICRO_ORDERS
+from ftcli.tracking import REPORT_TO_HELP, parse_report_to
 
 CREDIT_PASSES = ("fused", "separate")
+DATA_SOURCES = ("generated", "files")
 
 
-def _opt(default, help: str, panel: str = "Training", cli: bool = True, choices=None):
-    return option(default, help, panel, cli, choices)
+def _opt(default, help: str, panel: str = "Training", cli: bool = True, choices=None, **limits):
+    """A TrainConfig field; `limits` (min, max, gt, lt, why) are checked by `validate`."""
+    return option(default, help, panel, cli, choices, **limits)
 
 
 @dataclass
@@ -29,9 +33,10 @@ class TrainConfig:
     """Every option of `ft train` (the CLI is generated from these fields).
 
     Defaults are the CPU setting (`--preset cpu`): GRPO on the shipped default policy, 16
-    prompts x 8 responses per step from a pool of 32 training problems, lr 1e-4, 30 steps
-    (about ten minutes on one CPU core), validated on 200 held-out problems before training
-    and every 10 steps.
+    prompts x 8 responses per step from a pool of 32 generated Countdown problems (no files
+    needed), lr 1e-4, 30 steps (about ten minutes on one CPU core), validated on 200 held-out
+    generated problems before training and every 10 steps (runs shorter than 10 steps skip
+    the validation).
     `PRESETS["paper"]` holds the paper's settings.
     """
 
@@ -39,79 +44,83 @@ class TrainConfig:
     task: str = _opt("countdown", "Task plugin (ftcli.get_task): countdown, gsm8k, math, ...", "Run")
     model: str = _opt(DEFAULT_POLICY, "Policy: alias (default-policy: the shipped 5.9M Countdown policy; smollm2-135m; qwen2.5-coder-0.5b), local folder or hub id.", "Run")
     out: str = _opt("runs/train", "Run directory (config.json, metrics.jsonl, checkpoints/).", "Run")
-    steps: int = _opt(30, "Optimizer steps (rollout batches).", "Run")
-    seed: int = _opt(0, "Seed of data order, sampling and the random credit rule.", "Run")
-    train_size: int = _opt(32, "Train on the first N problems of the task's train split, revisited in a new seeded order each pass (0 = the whole split). The CPU default, 32, lets 30 steps show the reward rise on them; held-out accuracy is the validation's.", "Run")
+    steps: int = _opt(30, "Optimizer steps (rollout batches).", "Run", min=1)
+    seed: int = _opt(0, "Seed of data order, sampling and the random credit rule.", "Run", min=0)
+    data_source: str = _opt("generated", "Where Countdown's problems come from: generated (the seeded generator, no files; seeded by --seed) or files (TinyZero's parquet files from the data root, fetched on first use). Tasks without a generator always read files.", "Run", choices=DATA_SOURCES)
+    data_root: str | None = _opt(None, "Folder with the benchmark files (default: $FT_DATA, else the data cache $FT_CACHE/data, filled by `ft data fetch`).", "Run")
+    train_size: int = _opt(32, "Train on the first N problems of the task's train split, revisited in a new seeded order each pass (0 = the whole split). The CPU default, 32, lets 30 steps show the reward rise on them; held-out accuracy is the validation's.", "Run", min=0)
     # batch
-    prompts: int = _opt(16, "Prompts per step (global, over all ranks).", "Batch")
-    group_size: int = _opt(8, "Responses per prompt (G).", "Batch")
-    micro_batch: int = _opt(16, "Sequences per forward/backward on each rank.", "Batch")
-    mini_batches: int = _opt(1, "Optimizer steps per rollout batch (>1: PPO-style, old log-probs from a no-grad pass).", "Batch")
+    prompts: int = _opt(16, "Prompts per step (global, over all ranks).", "Batch", min=1)
+    group_size: int = _opt(8, "Responses per prompt (G >= 2).", "Batch", min=2,
+                           why="advantages are rewards centred within a group, so with one response per prompt every advantage is 0")
+    micro_batch: int = _opt(16, "Sequences per forward/backward on each rank.", "Batch", min=1)
+    mini_batches: int = _opt(1, "Optimizer steps per rollout batch (>1: PPO-style, old log-probs from a no-grad pass).", "Batch", min=1)
+    micro_order: str = _opt("length", "Sequences into micro-batches: length (longest first: least padding) or group (rollout order). The gradient is the same.", "Batch", choices=MICRO_ORDERS)
     # sampling
-    max_new_tokens: int = _opt(192, "Maximum response length (tokens).", "Sampling")
-    temperature: float = _opt(1.0, "Sampling temperature (also divides the update logits).", "Sampling")
-    top_p: float = _opt(1.0, "Nucleus sampling (1 = off).", "Sampling")
-    top_k: int = _opt(0, "Top-k sampling (0 = off).", "Sampling")
-    gen_batch_size: int = _opt(128, "Rollouts per generate() call.", "Sampling")
+    max_new_tokens: int = _opt(192, "Maximum response length (tokens).", "Sampling", min=1)
+    temperature: float = _opt(1.0, "Sampling temperature (also divides the update logits).", "Sampling", gt=0)
+    top_p: float = _opt(1.0, "Nucleus sampling (1 = off).", "Sampling", gt=0, max=1)
+    top_k: int = _opt(0, "Top-k sampling (0 = off).", "Sampling", min=0)
+    gen_batch_size: int = _opt(128, "Rollouts per generate() call.", "Sampling", min=1)
     # objective
-    lr: float = _opt(1e-4, "AdamW learning rate (constant).", "Objective")
-    weight_decay: float = _opt(0.01, "AdamW weight decay.", "Objective")
-    eps_low: float = _opt(0.2, "Clip range below 1 for the ratio.", "Objective")
-    eps_high: float = _opt(0.2, "Clip range above 1 for the ratio.", "Objective")
+    lr: float = _opt(1e-4, "AdamW learning rate (constant).", "Objective", gt=0)
+    weight_decay: float = _opt(0.01, "AdamW weight decay.", "Objective", min=0)
+    eps_low: float = _opt(0.2, "Clip range below 1 for the ratio.", "Objective", min=0, lt=1)
+    eps_high: float = _opt(0.2, "Clip range above 1 for the ratio.", "Objective", min=0)
     loss_agg: str = _opt("token-mean", "Loss aggregation.", "Objective", choices=grpo.AGG_MODES)
     norm_adv_std: bool = _opt(True, "Divide group-centred rewards by the group std (off: Dr. GRPO).", "Objective")
-    kl_coef: float = _opt(0.0, "KL(pi || pi_ref) coefficient, k3 estimator (0 = no reference model).", "Objective")
-    entropy_coef: float = _opt(0.0, "Entropy bonus coefficient (0 = none).", "Objective")
-    grad_clip: float = _opt(1.0, "Gradient clipping (global norm; 0 = off).", "Objective")
+    kl_coef: float = _opt(0.0, "KL(pi || pi_ref) coefficient, k3 estimator (0 = no reference model).", "Objective", min=0)
+    entropy_coef: float = _opt(0.0, "Entropy bonus coefficient (0 = none).", "Objective", min=0)
+    grad_clip: float = _opt(1.0, "Gradient clipping (global norm; 0 = off).", "Objective", min=0)
+    clip_ratio_c: float | None = _opt(None, "Dual clip (Ye et al. 2020; verl's clip_ratio_c): a token with a negative advantage loses at most c * |gamma_t A|, however large its ratio. c > 1; off when not given.", "Objective", gt=1)
     # credit
     credit: str = _opt("flow", f"Credit rule: {describe_rules()}.", "Credit")
-    ratio: float = _opt(0.4, "Fraction of response tokens credited (binary weighting).", "Credit")
+    ratio: float = _opt(0.4, "Fraction of response tokens credited (binary weighting).", "Credit", min=0, max=1)
     select: str = _opt("top", "Credit the highest- or lowest-scoring tokens.", "Credit", choices=SELECT_MODES)
-    gamma: float = _opt(1.5, "Weight of credited tokens (continuous: the maximum weight).", "Credit")
+    gamma: float = _opt(1.5, "Weight of credited tokens (continuous: the maximum weight); > 0, so that gamma_t A keeps the sign of A and the clipped surrogate stays gamma_t times the GRPO one.", "Credit",
+                        gt=0, why="a weight <= 0 flips or removes the credited tokens' advantage")
     weighting: str = _opt("binary", "Scores -> weights: binary (paper) or a continuous map (Table 7).", "Credit", choices=WEIGHTINGS)
-    mass: float = _opt(0.4, "Mass threshold of --weighting mass (0.2-0.8).", "Credit")
+    mass: float = _opt(0.4, "Mass threshold of --weighting mass (0.2-0.8).", "Credit", gt=0, max=1)
     nonneg_only: bool = _opt(False, "Credit only sequences with advantage >= 0.", "Credit")
     layers: str = _opt("mid", "Layers averaged into W: mid|early|late|all|A:B.", "Credit")
     credit_pass: str = _opt("fused", "fused: capture W in the update forward; separate: extra no-grad pass.", "Credit", choices=CREDIT_PASSES)
     fai_window: str = _opt("10:50", "Query window LO:HI of the attention (FAI) rule.", "Credit")
     credit_tokens: str = _opt("all", "Tokens that may be credited: all, or one class (Sec. 5.2; structural: no letter or digit, semantic: the rest).", "Credit", choices=CREDIT_TOKENS)
     # engine
-    zero_stage: int = _opt(0, "DeepSpeed ZeRO stage 0-3.", "Engine")
+    zero_stage: int = _opt(0, "DeepSpeed ZeRO stage 0-3.", "Engine", min=0, max=3)
     bf16: bool | None = _opt(None, "bf16 training (default: on with a GPU, off on CPU).", "Engine")
     deepspeed_config: str | None = _opt(None, "JSON file merged over the generated DeepSpeed config.", "Engine")
     attn_implementation: str = _opt("sdpa", "Attention kernel of the policy (sdpa, eager, flash_attention_2).", "Engine")
     # evaluation, logging, checkpoints
-    val_every: int = _opt(10, "Validate before training, every N steps and at the end (0 = never).", "Logging")
-    val_size: int = _opt(200, "Validation problems (the first N of the task's validation split).", "Logging")
-    val_temperature: float | None = _opt(None, "Validation sampling temperature (default: --temperature, so it measures the policy being trained; 0 = greedy). Seeded: every validation draws the same random numbers.", "Logging")
-    save_every: int | None = _opt(None, "Checkpoint every N steps (default: --val-every; the last step always).", "Logging")
-    keep_last: int = _opt(2, "Step checkpoints kept (plus the best-validation one).", "Logging")
-    log_samples: int = _opt(2, "Responses per step written to samples.jsonl.", "Logging")
+    val_every: int = _opt(10, "Validate before training, every N steps and at the end (0 = never). A run shorter than N steps (--steps < --val-every, e.g. a 2-step smoke run) is not validated.", "Logging", min=0)
+    val_size: int = _opt(200, "Validation problems (the first N of the task's validation split).", "Logging", min=1)
+    val_temperature: float | None = _opt(None, "Validation sampling temperature (default: --temperature, so it measures the policy being trained; 0 = greedy). Seeded: every validation draws the same random numbers.", "Logging", min=0)
+    save_every: int | None = _opt(None, "Checkpoint every N steps (default: --val-every; 0 = the last step only; the last step always).", "Logging", min=0)
+    keep_last: int = _opt(2, "Step checkpoints kept (plus the best-validation one).", "Logging", min=1)
+    log_samples: int = _opt(2, "Responses per step written to samples.jsonl.", "Logging", min=0)
     progress: bool = _opt(True, "Rich progress bar and one line per step.", "Logging")
+    report_to: str = _opt("none", REPORT_TO_HELP, "Logging")
     # provenance (not options)
     preset: str = _opt("cpu", "Preset the defaults came from.", cli=False)
 
     # -- derived -------------------------------------------------------------------------------
     def validate(self) -> None:
+        """Every option's range (the `min` / `max` / `gt` / `lt` of its field; floats finite),
+        then the choices; one-line ValueErrors naming the option."""
+        check_limits(self)
         get_rule(self.credit)
+        parse_report_to(self.report_to)
         CreditOptions(**self.credit_options_kwargs())
         if self.loss_agg not in grpo.AGG_MODES:
             raise ValueError(f"--loss-agg must be one of {', '.join(grpo.AGG_MODES)}")
         if self.credit_tokens not in CREDIT_TOKENS:
             raise ValueError(f"--credit-tokens must be one of {', '.join(CREDIT_TOKENS)}")
+        if self.data_source not in DATA_SOURCES:
+            raise ValueError(f"--data-source must be one of {', '.join(DATA_SOURCES)}")
+        if self.micro_order not in MICRO_ORDERS:
+            raise ValueError(f"--micro-order must be one of {', '.join(MICRO_ORDERS)}")
         if self.credit_pass not in CREDIT_PASSES:
             raise ValueError(f"--credit-pass must be one of {', '.join(CREDIT_PASSES)}")
-        if self.zero_stage not in (0, 1, 2, 3):
-            raise ValueError(f"--zero-stage must be 0-3, got {self.zero_stage}")
-        if self.val_temperature is not None and self.val_temperature < 0:
-            raise ValueError("--val-temperature must be >= 0 (0 = greedy)")
-        if self.train_size < 0:
-            raise ValueError("--train-size must be >= 0 (0 = the whole train split)")
-        for name in ("steps", "prompts", "group_size", "micro_batch", "mini_batches", "max_new_tokens", "gen_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
-        if self.temperature <= 0:
-            raise ValueError("--temperature must be > 0 for GRPO rollouts")
 
     def credit_options_kwargs(self) -> dict:
         lo, _, hi = self.fai_window.partition(":")
@@ -123,6 +132,12 @@ class TrainConfig:
             ratio=self.ratio, select=self.select, gamma=self.gamma, weighting=self.weighting,
             mass=self.mass, nonneg_only=self.nonneg_only, fai_window=window,
         )
+
+    @property
+    def validates(self) -> bool:
+        """Whether the run is validated: --val-every > 0 and at least --val-every steps (a
+        shorter run, such as a 2-step smoke run, skips the validation)."""
+        return self.val_every > 0 and self.steps >= self.val_every
 
     @property
     def checkpoint_every(self) -> int:
@@ -140,7 +155,7 @@ PRESETS: dict[str, dict] = {
         prompts=64, group_size=8, micro_batch=32, lr=1e-6, temperature=0.99, top_p=1.0, top_k=100,
         max_new_tokens=1024, gamma=1.5, ratio=0.4, layers="mid", steps=500, zero_stage=2,
         kl_coef=0.0, entropy_coef=0.0, grad_clip=1.0, gen_batch_size=64, val_every=25,
-        val_size=256, keep_last=2, train_size=0,
+        val_size=256, keep_last=2, train_size=0, data_source="files",
     ),
 }
 

@@ -33,16 +33,26 @@ from ftcli import get_task, grpo
 from ftcli.credit import get_rule
 from ftcli.evaluation import accuracy
 from ftcli.generation import generate
+from ftcli.modelcard import command_line, write_model_card
 from ftcli.models import load_model, resolve_model
 from ftcli.progress import progress_bar, stderr_console
 from ftcli.seeds import derive_seed
 from ftcli.sequences import TracedSeq, question_mask, task_prompt_text
 from ftcli.spans import span_to_token_mask
+from ftcli.tasks.loading import GENERATED_TASKS, describe_data, task_data_options
+from ftcli.tracking import Tracker, create_tracker
 from ftcli.train.config import TrainConfig
 from ftcli.train.engine import build_ds_config, import_deepspeed, versions
-from ftcli.train.rundir import RunDir, quiet_hf_progress, step_dir_name
+from ftcli.train.rundir import (
+    RunDir,
+    checkpoint_damage,
+    quiet_hf_progress,
+    read_manifest,
+    step_dir_name,
+    write_manifest,
+)
 from ftcli.train.stats import CtrlC, Timer
-from ftcli.train.update import PolicyUpdate
+from ftcli.train.update import NonFiniteError, PolicyUpdate
 
 
 @dataclass
@@ -64,7 +74,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False, console=None, task=None):
         cfg.validate()
         self.cfg, self.resume = cfg, resume
-        self.task = task  # a task object (tests); default: ftcli.get_task(cfg.task)
+        self.task = task  # a task object (tests); default: ftcli.get_task(cfg.task) with cfg's data options
         self.ds = import_deepspeed()
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
@@ -85,6 +95,8 @@ class Trainer:
         self.completed = 0  # last step whose optimizer update is done
         self.ctrl_c = CtrlC()
         self.best_val: tuple[float, int] | None = None
+        self.tracker = Tracker()  # --report-to; a no-op until run() starts it on rank 0
+        self.created_dir = False  # this run made --out (a failure before any step removes it)
 
     # -- setup ---------------------------------------------------------------------------------
     def setup(self) -> int:
@@ -94,10 +106,12 @@ class Trainer:
         if self.is_main:
             if not self.resume and self.rundir.has_run():
                 raise ValueError(f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --out")
+            self.created_dir = not self.resume and not self.run_dir.exists()
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self._barrier()
         if self.task is None:
-            self.task = get_task(cfg.task)
+            source = cfg.data_source if cfg.task in GENERATED_TASKS else None
+            self.task = get_task(cfg.task, **task_data_options(cfg.task, cfg.data_root, source, cfg.seed))
         model, self.tokenizer = load_model(cfg.model, attn_implementation=cfg.attn_implementation)
         use_cuda = torch.cuda.is_available()
         self.use_bf16 = use_cuda if cfg.bf16 is None else bool(cfg.bf16)
@@ -116,12 +130,12 @@ class Trainer:
         elif ref is not None:
             self.ref = ref.to(self.device, dtype=torch.bfloat16 if self.use_bf16 else torch.float32)
         self.updater = PolicyUpdate(cfg, self.engine, self.ref, self.tokenizer, self.world, self.seqs_per_mini, self.ctrl_c)
-        self.train_data = self.task.load("train")
+        self.train_data = self.task.load("train")  # a lazy sequence for generated tasks: slice, never list()
         if cfg.train_size:
-            self.train_data = list(self.train_data)[: cfg.train_size]
-        if not self.train_data:
+            self.train_data = self.train_data[: cfg.train_size]
+        if not len(self.train_data):
             raise ValueError(f"task {cfg.task!r} has no training samples")
-        self.val_data = self._load_val() if cfg.val_every > 0 else []
+        self.val_data = self._load_val() if cfg.validates else []
         start = self._maybe_resume()
         if self.is_main:
             resolved = asdict(cfg)
@@ -129,7 +143,7 @@ class Trainer:
                 model_path=resolve_model(cfg.model), world_size=self.world,
                 gradient_accumulation_steps=self.gas, sequences_per_step=cfg.prompts * cfg.group_size,
                 deepspeed=self.ds_config, bf16_resolved=self.use_bf16, versions=versions(),
-                credit_needs=sorted(self.rule.needs),
+                credit_needs=sorted(self.rule.needs), data=describe_data(self.task),
             )
             self.rundir.write_config(resolved)
         return start
@@ -140,7 +154,7 @@ class Trainer:
         except (KeyError, ValueError, FileNotFoundError) as e:
             self._print(f"[yellow]no validation split for {self.cfg.task} ({e}); validation off[/]")
             return []
-        return list(data)[: self.cfg.val_size]
+        return list(data[: self.cfg.val_size])
 
     # -- rollouts ------------------------------------------------------------------------------
     def prompts_for_step(self, step: int) -> list[int]:
@@ -199,8 +213,13 @@ class Trainer:
         return seqs
 
     def update(self, seqs: list[RolloutSeq], timer: Timer):
-        """The policy update on this rank's rollouts (`PolicyUpdate.update`)."""
-        return self.updater.update(seqs, timer)
+        """The policy update on this rank's rollouts (`PolicyUpdate.update`); a non-finite loss
+        or grad norm stops the run here, before anything of the step is logged or saved."""
+        try:
+            return self.updater.update(seqs, timer)
+        except NonFiniteError as e:
+            kept = f"checkpoint step {self.last_saved} is the newest" if self.last_saved > 0 else "no checkpoint written"
+            raise NonFiniteError(f"step {self.completed + 1}: {e}; run stopped, {kept} (try a lower --lr)") from None
 
     def train_step(self, step: int) -> dict:
         """Rollouts, update, and the step's metrics row (summed over ranks)."""
@@ -220,12 +239,14 @@ class Trainer:
         stats = stats.all_reduce(self.updater.all_sum)
         row = stats.row(step, cfg.lr, grad_norms, kl=self.ref is not None,
                         entropy="entropy" in self.rule.needs or cfg.entropy_coef > 0)
-        for k in ("gen", "credit", "fwd_bwd", "optim"):
+        for k in ("gen", "capture", "credit", "fwd_bwd", "optim"):
             row[f"time_{k}"] = round(timer.t.get(k, 0.0), 4)
         row["time_step"] = round(time.perf_counter() - t0, 4)
         if self.is_main:
-            for s, w, sc in sample_rows[: cfg.log_samples]:
-                self.rundir.append_sample(_sample_record(step, s, w, sc))
+            recs = [_sample_record(step, s, w, sc) for s, w, sc in sample_rows[: cfg.log_samples]]
+            for rec in recs:
+                self.rundir.append_sample(rec)
+            self.tracker.log_samples(step, recs)
         return row
 
     # -- validation ----------------------------------------------------------------------------
@@ -283,13 +304,12 @@ class Trainer:
     def _maybe_resume(self) -> int:
         if not self.resume:
             return 0
-        cks = self.rundir.step_checkpoints()
-        if not cks:
+        found = self._newest_intact_checkpoint()
+        if found is None:
             self._print("[yellow]--resume: no checkpoint yet, starting from step 0[/]")
             self._truncate_logs(-1)  # starts over: drop every row, the step-0 validation included
             return 0
-        step, d = list(cks.items())[-1]
-        state = json.loads((d / "trainer_state.json").read_text())
+        step, d, state = found
         if state.get("world_size") != self.world or state.get("zero_stage") != self.cfg.zero_stage:
             raise ValueError(
                 f"checkpoint {d} was written with world size {state.get('world_size')} and ZeRO "
@@ -309,6 +329,30 @@ class Trainer:
         self._truncate_logs(step)
         self._print(f"resumed from {d} (step {step})")
         return step
+
+    def _newest_intact_checkpoint(self) -> tuple[int, Path, dict] | None:
+        """(step, folder, trainer state) of the newest checkpoint whose files match its
+        manifest (`ftcli.train.rundir.checkpoint_damage`); each newer damaged one is named
+        and set aside as `step_XXXXXX.damaged`. None when no checkpoint is intact."""
+        damaged, found = [], None
+        for step, d in reversed(self.rundir.step_checkpoints(complete=None).items()):
+            why = checkpoint_damage(d)
+            if why is None:
+                try:
+                    found = (step, d, json.loads((d / "trainer_state.json").read_text(encoding="utf-8")))
+                    break
+                except (OSError, UnicodeDecodeError, ValueError) as e:
+                    why = f"trainer_state.json: {type(e).__name__}"
+            damaged.append((d, why))
+        self._barrier()  # every rank has checked before the main one renames
+        for d, why in damaged:
+            if self.is_main:  # said even without --progress: the run goes back in time
+                self.console = self.console or stderr_console()
+                self.console.print(f"[yellow]--resume: checkpoint {d.name} is damaged ({why}); "
+                                   f"set aside as {d.name}.damaged[/]", highlight=False)
+                self.rundir.set_aside(d)
+        self._barrier()
+        return found
 
     def _truncate_logs(self, step: int) -> None:
         """Drop log rows written after the checkpoint (they are regenerated identically)."""
@@ -348,9 +392,24 @@ class Trainer:
             progress.console.print(line)
 
     def run(self) -> Path:
-        """Set up, validate the starting policy, then step, validate, log and checkpoint."""
+        """Set up, validate the starting policy, then step, validate, log and checkpoint.
+
+        A new run that fails (or is interrupted) before it logs anything leaves no run folder
+        behind; a resumed one is never removed."""
+        try:
+            return self._run()
+        except BaseException:
+            if self.is_main and self.created_dir and not self.rundir.has_run():
+                self.rundir.discard()
+            raise
+
+    def _run(self) -> Path:
         start = self.setup()
         cfg = self.cfg
+        # resume-aware: TensorBoard drops what an earlier attempt logged after the checkpoint
+        # (everything when a resume starts over without one), as RunDir.truncate_logs does
+        self.tracker = create_tracker(cfg.report_to, self.run_dir, self.rundir.config_file, rank=self.rank,
+                                      resume_step=start if start else (-1 if self.resume else 0))
         progress = progress_bar(
             "[bold]train[/] {task.fields[credit]}",
             "reward {task.fields[reward]}  acc {task.fields[acc]}  {task.fields[extra]}",
@@ -367,6 +426,7 @@ class Trainer:
                     if "val_accuracy" in row:
                         if self.is_main:
                             self.rundir.append_metrics(row)
+                            self.tracker.log(0, row)
                         self._report(progress, bar, 0, row)
                 for step in range(start + 1, cfg.steps + 1):
                     if self.ctrl_c.pending:
@@ -379,9 +439,12 @@ class Trainer:
                         self._validate_into(row, step)
                     if self.is_main:
                         self.rundir.append_metrics(row)
+                        self.tracker.log(step, row)
                     every = cfg.checkpoint_every
                     if is_last or stopping or (every and step % every == 0):
                         self.save_checkpoint(step, final=is_last)
+                        if is_last and self.is_main:
+                            self._write_model_card(row)
                     self._report(progress, bar, step, row)
                     if self.ctrl_c.pending and not is_last:
                         raise KeyboardInterrupt
@@ -393,7 +456,16 @@ class Trainer:
                     self.ctrl_c.defer, self.ctrl_c.pending = True, True
                     self.save_checkpoint(done, final=False)
             raise
+        finally:
+            self.tracker.close()
         return self.run_dir
+
+    def _write_model_card(self, row: dict) -> None:
+        """checkpoints/final/README.md: the hub model card of the final checkpoint (ftcli.modelcard)."""
+        best = {"best_val_accuracy": self.best_val[0], "best_val_step": self.best_val[1]} if self.best_val else {}
+        config = json.loads(self.rundir.config_file.read_text(encoding="utf-8"))
+        write_model_card(self.rundir.final, config, {**row, **best}, command_line())
+        write_manifest(self.rundir.final, reuse=read_manifest(self.rundir.final))  # the card is listed too
 
     def close(self) -> None:
         """Release the engines (avoids the 2-rank ZeRO-3 exit abort; see research notes)."""

@@ -5,7 +5,11 @@
     samples.jsonl      a few responses per step with their tokens and credit weights
     checkpoints/step_XXXXXX/   HF safetensors (`from_pretrained`-loadable) + tokenizer,
                        trainer_state.json, rng_state_rank*.pt, ds/ (DeepSpeed optimizer state)
-    checkpoints/final/ HF weights + tokenizer + trainer_state.json of the last step
+                       and manifest.json (sha256 and size of every other file, written
+                       last; a checkpoint whose files differ from it is damaged)
+    checkpoints/final/ HF weights + tokenizer + trainer_state.json of the last step, and
+                       README.md, its hub model card (ftcli.modelcard)
+    tb/, wandb/        with --report-to: TensorBoard event files, the W&B run (ftcli.tracking)
 
 Every file is written atomically (temp + rename; jsonl rows are appended whole and fsynced).
 `RunDir` is what every module that touches a run uses: the trainer (save, resume, prune),
@@ -16,6 +20,7 @@ Every file is written atomically (temp + rename; jsonl rows are appended whole a
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -25,6 +30,82 @@ from pathlib import Path
 from ftcli.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
+MANIFEST = "manifest.json"
+_CHUNK = 1 << 20
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(_CHUNK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(folder: Path, reuse: dict | None = None) -> Path:
+    """Write `folder/manifest.json` ({"files": {relpath: {"sha256", "size"}}}, every file
+    below `folder`) atomically: the last file written into a checkpoint. `reuse`: the entries
+    of a manifest whose files were hard-linked here (same name and size: not hashed again)."""
+    files = {}
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder).as_posix()
+        if p.is_file() and rel != MANIFEST:
+            size = p.stat().st_size
+            old = (reuse or {}).get(rel)
+            files[rel] = old if old and old.get("size") == size else {"sha256": file_sha256(p), "size": size}
+    return atomic_write_json(folder / MANIFEST, {"files": files})
+
+
+def read_manifest(folder: Path) -> dict | None:
+    """The "files" of `folder/manifest.json`; None when there is none (a checkpoint written
+    before manifests); ValueError when it is unreadable."""
+    f = folder / MANIFEST
+    if not f.is_file():
+        return None
+    try:
+        files = json.loads(f.read_text(encoding="utf-8"))["files"]
+        if not isinstance(files, dict):
+            raise TypeError("files is not an object")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{MANIFEST}: unreadable ({type(e).__name__})") from None
+    return files
+
+
+def checkpoint_damage(folder: Path, skip=lambda rel: False) -> str | None:
+    """Why the checkpoint `folder` is damaged, in a few words naming the file
+    ('ds/state/x.pt: missing', 'model.safetensors: 1000 bytes, 2000 expected ...',
+    'trainer_state.json: sha256 differs ...'); None if intact. Checks the files its manifest
+    lists (but those `skip(relpath)` names); a checkpoint without a manifest (written before
+    manifests) is checked for a readable trainer_state.json only."""
+    try:
+        files = read_manifest(folder)
+    except ValueError as e:
+        return str(e)
+    if files is None:
+        try:
+            json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None if is_model_dir(folder) else "trainer_state.json: missing"
+        except (OSError, UnicodeDecodeError, ValueError):
+            return "trainer_state.json: not valid JSON"
+        return None
+    for rel, want in files.items():
+        if skip(rel):
+            continue
+        p = folder / rel
+        if not p.is_file():
+            return f"{rel}: missing"
+        size = p.stat().st_size
+        if size != want.get("size"):
+            return f"{rel}: {size} bytes, {want.get('size')} expected (truncated or overwritten)"
+        if file_sha256(p) != want.get("sha256"):
+            return f"{rel}: sha256 differs from the manifest (corrupted)"
+    return None
+
+
+def is_training_state(rel: str) -> bool:
+    """Files only a resume needs (DeepSpeed state, RNG): `ft eval` does not check them."""
+    return rel.startswith("ds/") or rel.startswith("rng_state")
 
 
 def is_model_dir(p: Path) -> bool:
@@ -80,13 +161,14 @@ class RunDir:
     def has_run(self) -> bool:
         return self.metrics_file.exists()
 
-    def step_checkpoints(self, complete: str = "trainer_state.json") -> dict[int, Path]:
-        """{step: folder} of the checkpoints/step_XXXXXX folders that hold `complete`."""
+    def step_checkpoints(self, complete: str | None = "trainer_state.json") -> dict[int, Path]:
+        """{step: folder} of the checkpoints/step_XXXXXX folders that hold `complete` (None:
+        every step folder)."""
         out = {}
         if self.checkpoints.is_dir():
             for d in self.checkpoints.iterdir():
                 m = STEP_DIR.match(d.name)
-                if m and (d / complete).is_file():
+                if m and d.is_dir() and (complete is None or (d / complete).is_file()):
                     out[int(m.group(1))] = d
         return dict(sorted(out.items()))
 
@@ -114,6 +196,10 @@ class RunDir:
                 keep = [line for line in p.read_text(encoding="utf-8").splitlines() if _row_step(line, step + 1) <= step]
                 atomic_write_text(p, "".join(x + "\n" for x in keep))
 
+    def discard(self) -> None:
+        """Remove the whole run folder: only for a new run that failed before logging a row."""
+        shutil.rmtree(self.path, ignore_errors=True)
+
     def checkpoint_tmp(self, step: int) -> Path:
         """A fresh temporary folder for the checkpoint of `step` (main rank only)."""
         tmp = self.checkpoints / f".{step_dir_name(step)}.tmp"
@@ -125,6 +211,7 @@ class RunDir:
         """Write trainer_state.json into the finished `tmp` and rename it to step_XXXXXX;
         `final` also refreshes checkpoints/final (HF weights + trainer state)."""
         atomic_write_json(tmp / "trainer_state.json", state)
+        write_manifest(tmp)  # last: the digests of every file
         dst = self.checkpoints / step_dir_name(step)
         replace_dir(tmp, dst)
         if final:
@@ -136,13 +223,22 @@ class RunDir:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         for f in src.iterdir():
-            if f.is_file() and not f.name.startswith("rng_state") and f.name != "trainer_state.json":
+            if f.is_file() and not f.name.startswith("rng_state") and f.name not in ("trainer_state.json", MANIFEST):
                 try:  # checkpoint files are never modified in place: a hard link is a safe copy
                     os.link(f, tmp / f.name)
                 except OSError:
                     shutil.copy2(f, tmp / f.name)
         atomic_write_json(tmp / "trainer_state.json", state)
+        write_manifest(tmp, reuse=read_manifest(src))
         replace_dir(tmp, self.final)
+
+    def set_aside(self, folder: Path) -> Path:
+        """Rename a damaged checkpoint to `<name>.damaged` (kept for inspection, no longer a
+        step checkpoint: resume, eval and pruning ignore it)."""
+        dst = folder.with_name(folder.name + ".damaged")
+        shutil.rmtree(dst, ignore_errors=True)
+        os.replace(folder, dst)
+        return dst
 
     def prune(self, keep_last: int, also_keep: int | None = None) -> None:
         """Delete step checkpoints except the newest `keep_last` (>= 1) and `also_keep`."""

@@ -18,9 +18,14 @@ import torch.distributed as dist
 from ftcli import grpo
 from ftcli.attention import capture_attention, mean_attention
 from ftcli.credit import CreditInputs, CreditOptions, compute_credit, get_rule, token_class_filter
-from ftcli.sequences import TracedSeq, collate
+from ftcli.sequences import TracedSeq, collate, micro_batches
 from ftcli.train.config import TrainConfig
 from ftcli.train.stats import CtrlC, StepStats, Timer
+
+
+class NonFiniteError(ValueError):
+    """The loss or the gradient norm of an update is NaN or infinite (the run stops before the
+    weights are written; the last checkpoint stays the newest)."""
 
 
 class PolicyUpdate:
@@ -66,7 +71,7 @@ class PolicyUpdate:
         am = batch["attention_mask"].long()
         want_attn, W = "attention" in rule.needs, None
         if want_attn and credit_pass == "separate":
-            with timer("credit"), torch.no_grad():
+            with timer("capture"), torch.no_grad():
                 W = mean_attention(self.engine.module, batch["input_ids"], am, layers=cfg.layers).float()
         need_entropy = "entropy" in rule.needs or cfg.entropy_coef > 0
         with timer("fwd_bwd"):
@@ -91,7 +96,8 @@ class PolicyUpdate:
             resp = batch["response_mask"]
             old = logp.detach() if old_logp is None else old_logp
             loss_mat, clipped = grpo.clipped_surrogate(
-                logp, old, batch["advantages"], credit.weights.to(logp.device), cfg.eps_low, cfg.eps_high
+                logp, old, batch["advantages"], credit.weights.to(logp.device), cfg.eps_low, cfg.eps_high,
+                clip_ratio_c=cfg.clip_ratio_c,
             )
             if self.ref is not None:
                 ref_logp, _ = self.forward_logp(self.ref, batch, False, False)
@@ -111,41 +117,48 @@ class PolicyUpdate:
             stats.entropy += float((ent.detach() * rf).sum())
         return credit
 
-    def _optimizer_step(self, timer: Timer) -> float | None:
-        """engine.step() at the accumulation boundary; returns the pre-clip global grad norm."""
+    def _optimizer_step(self, timer: Timer, loss: float) -> float | None:
+        """engine.step() at the accumulation boundary; returns the pre-clip global grad norm.
+        A non-finite loss (on any rank) or grad norm raises NonFiniteError: before the step at
+        ZeRO 0 (the norm is known then), after it otherwise (the weights are not saved)."""
+        if self.all_sum([0.0 if math.isfinite(loss) else 1.0])[0]:  # every rank stops together
+            raise NonFiniteError(f"the loss became non-finite ({loss}); stopped before the optimizer step")
         norm = None
         if self.cfg.zero_stage == 0:  # DeepSpeed reports no norm at stage 0: compute it
             sq = sum(float(p.grad.float().pow(2).sum()) for p in self.engine.module.parameters() if p.grad is not None)
             norm = math.sqrt(sq)
+            if not math.isfinite(norm):  # the grads are all-reduced: every rank sees the same
+                raise NonFiniteError(f"the gradient norm became non-finite ({norm}); stopped before the optimizer step")
         self.ctrl_c.defer = True  # the weights change now: finish the step before stopping
         with timer("optim"):
             self.engine.step()
         if norm is None:
             g = self.engine.get_global_grad_norm()
             norm = None if g is None else float(g)
+            if norm is not None and not math.isfinite(norm):
+                raise NonFiniteError(f"the gradient norm became non-finite ({norm})")
         return norm
 
-    def _old_logp(self, seqs: list[TracedSeq], timer: Timer) -> dict[int, torch.Tensor]:
+    def _old_logp(self, seqs: list[TracedSeq], timer: Timer, order: str) -> dict[int, torch.Tensor]:
         """log pi_old of every sequence (by id), computed before the step's first update."""
         out = {}
         with timer("old_logp"):
-            for i in range(0, len(seqs), self.cfg.micro_batch):
-                m = seqs[i : i + self.cfg.micro_batch]
+            for m in micro_batches(seqs, self.cfg.micro_batch, order):
                 logp, _ = self.forward_logp(self.engine.module, collate(m, self.pad_id, self.device), False, False)
                 for b, s in enumerate(m):
                     out[id(s)] = logp[b, : len(s.ids)].detach().cpu()
         return out
 
     def update(self, seqs: list[TracedSeq], timer: Timer, credit: str | None = None,
-               credit_pass: str | None = None) -> tuple[StepStats, list, list]:
+               credit_pass: str | None = None, micro_order: str | None = None) -> tuple[StepStats, list, list]:
         """The policy update on this rank's sequences: `mini_batches` optimizer steps, each
-        accumulating its micro-batches. `credit` / `credit_pass` override the configured rule
-        and pass (Table 6 times several on one engine). Returns (the update's StepStats,
+        accumulating its micro-batches. `credit` / `credit_pass` / `micro_order` override the
+        configured rule, pass and micro-batch order (Table 6 times several on one engine). Returns (the update's StepStats,
         sample rows (seq, weights, scores) of the first `log_samples` sequences, grad norms)."""
         cfg = self.cfg
         rule = self.rule if credit is None else get_rule(credit)
-        credit_pass = credit_pass or cfg.credit_pass
-        old_logp = self._old_logp(seqs, timer) if cfg.mini_batches > 1 else None
+        credit_pass, order = credit_pass or cfg.credit_pass, micro_order or cfg.micro_order
+        old_logp = self._old_logp(seqs, timer, order) if cfg.mini_batches > 1 else None
         self.engine.train()
         stats, sample_rows, grad_norms = StepStats(), [], []
         logged = {id(s) for s in seqs[: cfg.log_samples]}  # the rows samples.jsonl shows
@@ -153,7 +166,7 @@ class PolicyUpdate:
             mini = seqs[mb * self.seqs_per_mini : (mb + 1) * self.seqs_per_mini]
             n_tok, n_seq = self.all_sum([sum(s.n_response for s in mini), len(mini)])
             norm = grpo.agg_normaliser(cfg.loss_agg, n_tok, n_seq, cfg.max_new_tokens)
-            micro = [mini[i : i + cfg.micro_batch] for i in range(0, len(mini), cfg.micro_batch)]
+            micro = micro_batches(mini, cfg.micro_batch, order)  # the same count in either order
             for m in micro:
                 batch = collate(m, self.pad_id, self.device)
                 # pi_old: the sampling policy; with one update per batch it is the current one
@@ -168,7 +181,9 @@ class PolicyUpdate:
                         sample_rows.append((s, cr.weights[b].cpu(), None if cr.scores is None else cr.scores[b].cpu()))
                 if m is not micro[-1]:
                     self.engine.step()  # a non-boundary micro-step: only counts
-            grad_norms.append(self._optimizer_step(timer))
+            grad_norms.append(self._optimizer_step(timer, stats.loss))
         self.engine.eval()
+        pos = {id(s): i for i, s in enumerate(seqs)}
+        sample_rows.sort(key=lambda r: pos[id(r[0])])  # rollout order, whatever the micro-batch order
         stats.loss /= cfg.mini_batches  # the mean of the mini-batch objectives
         return stats, sample_rows, grad_norms
