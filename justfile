@@ -43,11 +43,13 @@ test: setup
 test-slow: setup
     {{python}} -m pytest -q -m slow
 
-# Benchmarks (never part of the tests). Results go to bench/results/*.json.
+# Benchmarks (never part of the tests). Results go to bench/results/*.json. About 30 minutes on
+# one core; bench_step.py's --full adds SmolLM2 at 4K tokens (several minutes per round more).
 bench: setup
     {{python}} bench/bench_flow.py
     {{python}} bench/bench_capture.py
-    {{python}} bench/bench_overhead.py
+    {{python}} bench/bench_generation.py
+    {{python}} bench/bench_step.py
 
 # Rebuild the embedded default policy (small Qwen3 warm-started on Countdown solver traces).
 default-policy: setup

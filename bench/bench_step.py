@@ -16,9 +16,10 @@ what `ft ablate overhead` runs):
   old grouping); the padded token slots of both groupings.
 - `smollm2`: SmolLM2-135M, 2 sequences of exactly 1K and 2K tokens (`--full`: and 4K), the same
   arms (`overhead`), with the forced-length sampling of the 2 rows timed once per length.
-- `old`: the main job's step today against commit 7bdec2c: each repetition runs one step in a
+- `old`: the main job's step today against commit 7bdec2c: each repetition runs two steps in a
   fresh process per tree (PYTHONPATH at the tree; the old tree is a `git worktree` made and
-  removed here), the order alternating, and compares step seconds per response token.
+  removed here), the order alternating, and compares the second step's seconds per response
+  token (the first pays one-time costs); the same prompts and seed, so the same rollouts.
 - `compile` (not in the default set): the update's forward/backward, eager against
   `torch.compile`, at the main job's micro-batch shape.
 
@@ -75,14 +76,21 @@ def part_smollm2(args) -> dict:
 
 
 CHILD = """
-import json, sys, time, torch
+import importlib.util, json, os, sys, time, torch
 torch.set_num_threads(1)
+out, steps, tree = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+import ftcli
+for sub in ("tasks", "evals"):  # <tree>/tasks is installed as ftcli.tasks: take this tree's, not the installed one
+    init = os.path.join(tree, sub, "__init__.py")
+    if os.path.isfile(init):
+        spec = importlib.util.spec_from_file_location("ftcli." + sub, init, submodule_search_locations=[os.path.dirname(init)])
+        mod = sys.modules["ftcli." + sub] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
 try:
     from ftcli.train.loop import Trainer
     from ftcli.train.config import resolve_config
 except ImportError:  # the trainer of 7bdec2c: one module
     from ftcli.trainer import Trainer, resolve_config
-out, steps = sys.argv[1], int(sys.argv[2])
 kw = dict(out=out, val_every=0, progress=False, log_samples=0, steps=steps)
 try:  # today's default draws generated problems: read the same files as 7bdec2c
     cfg = resolve_config("cpu", data_source="files", **kw)
@@ -106,8 +114,10 @@ def run_child(tree: Path, steps: int) -> list[dict]:
 
     # the same data root for both trees (7bdec2c looks beside its checkout without FT_DATA)
     env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS="1", FT_DATA=str(data_root()))
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):  # set by this process's engine
+        env.pop(k, None)
     with tempfile.TemporaryDirectory(prefix="ft-bench-ab-") as d:
-        p = subprocess.run([sys.executable, "-c", CHILD, str(Path(d) / "run"), str(steps)], cwd=d, env=env,
+        p = subprocess.run([sys.executable, "-c", CHILD, str(Path(d) / "run"), str(steps), str(tree)], cwd=d, env=env,
                            capture_output=True, text=True, timeout=1800)
     if p.returncode:
         raise RuntimeError(f"step in {tree} failed:\n{p.stderr[-3000:]}")
@@ -130,9 +140,9 @@ def part_old(args) -> dict:
         for rep in range(args.repeats):
             order = [("today", ROOT), (OLD_COMMIT, old)]
             for name, tree in order if rep % 2 == 0 else order[::-1]:
-                for r in run_child(tree, args.old_steps):
+                for step, r in enumerate(run_child(tree, args.old_steps), 1):
                     tok = r["response_len"] * n_seq
-                    runs[name].append({**r, "response_tokens": tok, "ms_per_token": 1e3 * r["time_step"] / tok,
+                    runs[name].append({**r, "step": step, "response_tokens": tok, "ms_per_token": 1e3 * r["time_step"] / tok,
                                        "cpu_ms_per_token": 1e3 * r["cpu_step"] / tok})
                 print(f"  old: rep {rep + 1}/{args.repeats} {name}: {runs[name][-1]['time_step']:.1f} s", flush=True)
     finally:
@@ -143,12 +153,13 @@ def part_old(args) -> dict:
         return {k: {"median": median([x[k] for x in xs]), "min": min(x[k] for x in xs)}
                 for k in ("time_step", "time_gen", "cpu_step", "response_tokens", "ms_per_token", "cpu_ms_per_token")}
 
-    s = {k: summary(v) for k, v in runs.items()}
+    s = {k: summary([x for x in v if x["step"] == args.old_steps]) for k, v in runs.items()}  # the last step of each process
     return {"runs": runs, "summary": s,
             "speedup_per_response_token": s[OLD_COMMIT]["ms_per_token"]["median"] / s["today"]["ms_per_token"]["median"],
             "speedup_per_response_token_cpu": s[OLD_COMMIT]["cpu_ms_per_token"]["median"] / s["today"]["cpu_ms_per_token"]["median"],
-            "note": f"one main-job step (step 1, seed 0) per fresh process, {args.repeats} repetitions, order "
-                    "alternating; the same prompts and seed in both trees"}
+            "note": f"main-job steps 1..{args.old_steps} (seed 0) per fresh process, the last one summarised "
+                    f"(medians, minimums), {args.repeats} repetitions, order alternating; the same prompts and "
+                    "seed in both trees (so the same rollouts)"}
 
 
 def part_compile(args) -> dict:
@@ -230,7 +241,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds (>= 3)")
     ap.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048], help="SmolLM2 context lengths")
     ap.add_argument("--full", action="store_true", help="SmolLM2 at 1K, 2K and 4K (4K: minutes per round)")
-    ap.add_argument("--old-steps", type=int, default=1, help="steps per process in the today-vs-old comparison")
+    ap.add_argument("--old-steps", type=int, default=2, help="steps per process in the today-vs-old comparison (the last is compared)")
     ap.add_argument("--old-tree", help=f"a checkout of {OLD_COMMIT} (default: a git worktree made and removed here)")
     ap.add_argument("--compile-len", type=int, default=128)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "step.json"))

@@ -39,7 +39,7 @@ from ftcli.train.rundir import STEP_DIR, RunDir, checkpoint_damage, is_model_dir
 RESULTS_SCHEMA = 1
 # protocol keys that change the samples; resuming with any of them different is refused
 _SAMPLE_KEYS = ("task", "task_options", "split", "n", "temperature", "top_p", "top_k", "max_new_tokens", "seed",
-                "model_ref", "backend")
+                "model_ref", "backend", "extraction")  # extraction: the rows hold its grades
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,6 +246,8 @@ def grade_sample(task, bench: Benchmark, response: str, sample: dict) -> dict:
                     rec["verdicts"][k] = v
             if g.get("extracted") is not None and not isinstance(g.get("extracted"), bool):
                 rec["extracted"] = str(g["extracted"])
+            if isinstance(g.get("timeouts"), dict) and g["timeouts"]:  # {grader: "cpu" | "wall"}
+                rec["timeouts"] = {str(k): str(v) for k, v in g["timeouts"].items()}
         if g is not None and bench.grader != "verify" and g.get(bench.grader) is not None:
             rec["correct"] = bool(g[bench.grader])
         else:
@@ -310,6 +312,8 @@ def _check_protocol(out: Path, proto: dict) -> None:
     f = out / "protocol.json"
     if f.is_file() and (out / "samples.jsonl").is_file():
         old = json.loads(f.read_text(encoding="utf-8"))
+        if "extraction" not in old and proto.get("extraction") in (None, "boxed"):
+            old["extraction"] = proto.get("extraction")  # written before the option: boxed
         diff = [k for k in _SAMPLE_KEYS if old.get(k) != proto.get(k)]
         if diff:
             k = diff[0]
@@ -324,22 +328,38 @@ def _check_protocol(out: Path, proto: dict) -> None:
 # Running a benchmark
 # ---------------------------------------------------------------------------------------------
 def protocol_of(bench: Benchmark, target: Target, backend: str, graders: tuple[str, str | None],
-                limit: int | None) -> dict:
+                limit: int | None, extraction: str | None = None) -> dict:
+    """The protocol of a result (`extraction`: the task's answer extraction, math tasks)."""
     return {
         "task": bench.task, "task_options": bench.task_options, "split": bench.split, "metric": bench.metric, "n": bench.n,
         "temperature": bench.temperature, "top_p": bench.top_p, "top_k": bench.top_k,
         "max_new_tokens": bench.max_new_tokens, "seed": bench.seed,
         "grader": graders[0], "second_grader": graders[1],
         "model": target.label, "model_ref": target.model_ref, "ckpt": target.ckpt,
-        "backend": backend, "limit": limit,
+        "backend": backend, "limit": limit, "extraction": extraction,
     }
 
 
 def protocol_str(p: dict) -> str:
-    """One-line protocol: 'avg@16 · T=0.99 top-p=1 top-k=100 · n=16 · seed=0 · max 1024 tok · math_verify'."""
+    """One-line protocol: 'avg@16 · T=0.99 top-p=1 top-k=100 · n=16 · seed=0 · max 1024 tok ·
+    math_verify · boxed' (the answer extraction of a task that has the option: math)."""
     t = "greedy" if p["temperature"] == 0 else f"T={p['temperature']:g} top-p={p['top_p']:g} top-k={p['top_k']}"
     lim = f" · first {p['limit']}" if p.get("limit") else ""
-    return f"{p['metric']} · {t} · n={p['n']} · seed={p['seed']} · max {p['max_new_tokens']} tok · {p['grader']}{lim}"
+    ext = f" · {p['extraction']}" if p.get("extraction") else ""
+    return f"{p['metric']} · {t} · n={p['n']} · seed={p['seed']} · max {p['max_new_tokens']} tok · {p['grader']}{ext}{lim}"
+
+
+def gold_fields(sample: dict) -> dict:
+    """What a samples.jsonl row carries of the problem, so that a grade can be audited without
+    the data file: the gold `answer` (Countdown: also its `numbers`)."""
+    return {k: sample[k] for k in ("answer", "numbers") if k in sample}
+
+
+def grading_timeouts(rows: list[dict]) -> dict:
+    """Grader calls that ran out of time over these samples, by kind: `cpu` (the worker's CPU
+    budget) and `wall` (the wall-clock deadline), and the samples with any."""
+    kinds = [k for r in rows for k in (r.get("timeouts") or {}).values()]
+    return {"cpu": kinds.count("cpu"), "wall": kinds.count("wall"), "samples": sum(bool(r.get("timeouts")) for r in rows)}
 
 
 def run_benchmark(model, tokenizer, bench: Benchmark, target: Target, out: Path, *,
@@ -349,7 +369,16 @@ def run_benchmark(model, tokenizer, bench: Benchmark, target: Target, out: Path,
     in `out` and returns its results entry (see `results.json`; `data`: the files and their
     sha256, read from `data_root`, else $FT_DATA, else the data cache)."""
     if task is None:
-        task = get_task(bench.task, **{**bench.task_options, **task_data_options(bench.task, data_root)})
+        opts = {**bench.task_options, **task_data_options(bench.task, data_root)}
+        if bench.extraction != "boxed":
+            opts["extraction"] = bench.extraction
+        try:
+            task = get_task(bench.task, **opts)
+        except TypeError as e:
+            if "extraction" not in str(e):
+                raise
+            raise EvalError(f"{bench.name}: --extraction {bench.extraction} is an option of the math tasks; "
+                            f"{bench.task} has its own answer format") from None
     problems = list(task.load(bench.split))
     if limit is not None:
         problems = problems[: max(0, limit)]
@@ -359,7 +388,8 @@ def run_benchmark(model, tokenizer, bench: Benchmark, target: Target, out: Path,
     if len(set(pids)) != len(pids):
         raise EvalError(f"{bench.name}: duplicate problem ids in split {bench.split!r}")
     graders = grader_names(task, bench, problems[0])
-    proto = protocol_of(bench, target, backend if isinstance(backend, str) else backend.name, graders, limit)
+    proto = protocol_of(bench, target, backend if isinstance(backend, str) else backend.name, graders, limit,
+                        extraction=getattr(task, "extraction", None))
     out.mkdir(parents=True, exist_ok=True)
     _check_protocol(out, proto)
     sfile = out / "samples.jsonl"
@@ -388,10 +418,12 @@ def run_benchmark(model, tokenizer, bench: Benchmark, target: Target, out: Path,
             for j, r in enumerate(group):
                 g = grade_sample(task, bench, r.response_text, problems[i])
                 rows.append({"id": pids[i], "sample": j, "response": r.response_text,
+                             **gold_fields(problems[i]),
                              "extracted": g["extracted"], "correct": g["correct"],
                              "verdicts": g["verdicts"], "reward": g["reward"],
                              "finished": r.finished, "response_tokens": len(r.response_ids),
-                             **({"grade_error": g["grade_error"]} if "grade_error" in g else {})})
+                             **({"grade_error": g["grade_error"]} if "grade_error" in g else {}),
+                             **({"timeouts": g["timeouts"]} if g.get("timeouts") else {})})
             done[pids[i]] = rows[-len(group):]
         _append_rows(sfile, rows)
     rows_by = [done[pid] for pid in pids]
@@ -415,6 +447,7 @@ def score_benchmark(bench: Benchmark, rows_by: list[list[dict]], proto: dict, el
         "truncated_rate": sum(not r.get("finished", True) for r in flat) / max(1, len(flat)),
         "mean_response_tokens": sum(int(r.get("response_tokens", 0)) for r in flat) / max(1, len(flat)),
         "grade_errors": sum("grade_error" in r for r in flat),
+        "grading_timeouts": grading_timeouts(flat),
         "protocol": proto,
         "seconds": round(elapsed, 2),
     }

@@ -99,6 +99,26 @@ def _encode_pair(tokenizer, prompt: str, response: str, answer_pattern: str | No
     return _Encoded(prompt, response, prompt_text, seq, p_off + r_off, a_span)
 
 
+def token_limit(model, max_tokens: int | None = None) -> int | None:
+    """The most tokens a pair may have: `max_tokens`, at most the model's context (None when
+    neither is known)."""
+    ctx = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if max_tokens is not None and ctx is not None and max_tokens > ctx:
+        raise ValueError(f"--max-tokens must be <= {ctx}, the model's context (got {max_tokens})")
+    return max_tokens if max_tokens is not None else ctx
+
+
+def check_lengths(lengths: Sequence[int], limit: int | None, names: Sequence[str] | None = None) -> None:
+    """One ValueError for the first pair longer than `limit` tokens (prompt template included)."""
+    if limit is None:
+        return
+    for i, n in enumerate(lengths):
+        if n > limit:
+            name = names[i] if names is not None else f"pair {i + 1}"
+            raise ValueError(f"{name}: {n} tokens (chat template included), more than the limit of {limit} "
+                             "(the model's context, or --max-tokens); shorten it")
+
+
 def backbone_edges(
     W: torch.Tensor, h: torch.Tensor, f: torch.Tensor, answer: torch.Tensor, top: int
 ) -> list[tuple[int, int, float]]:
@@ -131,13 +151,21 @@ def score_pairs(
     add_eos: bool = True,
     batch_size: int = 4,
     on_batch: Callable[[int], None] | None = None,
+    max_tokens: int | None = None,
+    names: Sequence[str] | None = None,
 ) -> list[ScoredPair]:
-    """Score (prompt, response) pairs; batches are right-padded (the flow is padding-invariant)."""
+    """Score (prompt, response) pairs; batches are right-padded (the flow is padding-invariant).
+
+    Every pair is tokenized first: one longer than `max_tokens` (default: the model's context,
+    `config.max_position_embeddings`) is refused before any forward pass, one ValueError naming
+    it (`names[i]`, default 'pair i')."""
     device = next(model.parameters()).device
+    encoded = [_encode_pair(tokenizer, prompt, response, answer_pattern, add_eos) for prompt, response in pairs]
+    check_lengths([len(e.seq.ids) for e in encoded], token_limit(model, max_tokens), names)
     out: list[ScoredPair] = []
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
-        rows = [_encode_pair(tokenizer, prompt, response, answer_pattern, add_eos) for prompt, response in chunk]
+        rows = encoded[start : start + batch_size]
         batch = collate([r.seq for r in rows], tokenizer.pad_token_id or 0)
         q, a = batch["question_mask"], batch["answer_mask"]  # [B, T]
         with torch.no_grad():

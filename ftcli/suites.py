@@ -3,6 +3,7 @@
     task = "aime24"; split = "test"; metric = "avg@16"; n = 16
     temperature = 0.99; top_p = 1.0; top_k = 100; max_new_tokens = 1024; seed = 0
     grader = "math_verify"; second_grader = "sympy"
+    extraction = "boxed"      # math tasks; "boxed-or-last-math": the field's no-box fallback
 
 or a group, `suites = ["aime24", "aime25", ...]`. A path to a .toml file works as a suite too.
 """
@@ -46,12 +47,18 @@ class Benchmark:
     second_grader: str = "sympy"
     label: str = ""
     task_options: dict = field(default_factory=dict)  # keyword arguments of get_task
+    extraction: str = "boxed"  # math tasks: boxed (the paper's protocol) or boxed-or-last-math
 
     def __post_init__(self):
         self.label = self.label or self.name
         kind, k = parse_metric(self.metric)
         if self.n < 1:
             raise EvalError(f"{self.name}: n must be >= 1")
+        # imported here: `ft --help` does not load the tasks
+        from ftcli.tasks.math import EXTRACTIONS
+
+        if self.extraction not in EXTRACTIONS:
+            raise EvalError(f"{self.name}: extraction must be one of {', '.join(EXTRACTIONS)} (got {self.extraction!r})")
         if k > self.n:
             raise EvalError(f"{self.name}: {self.metric} needs n >= {k} samples (n = {self.n})")
 

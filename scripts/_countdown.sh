@@ -6,7 +6,7 @@
 #
 #   MODEL / $1   policy (default: ft train's, the shipped default-policy)
 #   TASK         training task (countdown)
-#   SUITE        eval suite (countdown-mixed: 3- and 4-number test problems, greedy;
+#   SUITE        eval suite (countdown-mixed: 3- and 4-number test problems, sampled at T 1, avg@2;
 #                countdown = the paper's 4-number suite, sampled at T 0.99)
 #   LIMIT        first N test problems (300)      SEEDS   (0,1,2)      JOBS   runs at once (2)
 #   STEPS        optimizer steps per run (16)     PROMPTS prompts per step (8; x 8 responses)

@@ -384,3 +384,70 @@ def test_grade_sample_fallbacks():
     g = ev.grade_sample(Crashes(), b, "x", {})
     assert g["correct"] is False and "boom" in g["grade_error"]
     assert ev.grader_names(FakeTask(), b, {}) == ("math_verify", "sympy")
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 12: gold answers in the rows, grading timeouts, the extraction option
+# ---------------------------------------------------------------------------------------------
+class TimingOutTask(FakeTask):
+    """Rows carry Countdown-like `numbers`; a response starting with a vowel times the
+    math_verify grader out on CPU time, one starting with 'z' on the wall clock."""
+
+    def load(self, split):
+        return [{**s, "numbers": [i, i]} for i, s in enumerate(super().load(split))]
+
+    def grade(self, r, s):
+        g = super().grade(r, s)
+        c = r[:1]
+        g["timeouts"] = {"math_verify": "cpu"} if c in "aeiou" and c else {"sympy": "wall"} if c == "z" else {}
+        return g
+
+
+def test_rows_carry_the_gold_answer_and_timeouts_are_counted(tiny, fake, tmp_path, monkeypatch):
+    monkeypatch.setattr(ev, "get_task", lambda name: TimingOutTask())
+    monkeypatch.setattr(ev, "sample_task", _scripted(["a", "z", "b", "e"]))
+    doc, _ = evaluate(str(fake), out=tmp_path / "o", loaded=tiny, limit=3)
+    rows = [json.loads(x) for x in (tmp_path / "o" / "samples.jsonl").read_text().splitlines()]
+    for r in rows:
+        i = int(r["id"][1:])
+        assert r["answer"] == str(2 * i) and r["numbers"] == [i, i]  # auditable without the data file
+    by = {r["response"]: r.get("timeouts") for r in rows}
+    assert by == {"a": {"math_verify": "cpu"}, "z": {"sympy": "wall"}, "b": None, "e": {"math_verify": "cpu"}}
+    e = doc["benchmarks"]["fake"]
+    assert e["grading_timeouts"] == {"cpu": 6, "wall": 3, "samples": 9}  # 3 problems x (a, z, e)
+
+
+def _scripted(responses):
+    """A sample_task that answers every problem with `responses` (one per sample)."""
+    from ftcli.generation import Rollout
+
+    def sample_task(model, tok, task, problems, *, n, progress=None, **kw):
+        groups = [[Rollout(prompt_text="", prompt_ids=[], response_text=t, response_ids=[1], response_offsets=[(0, 1)],
+                           finished=True) for t in responses[:n]] for _ in problems]
+        yield list(range(len(problems))), groups
+
+    return sample_task
+
+
+def test_extraction_option_is_in_every_math_protocol(tmp_path):
+    root = str(_math500_fixture(tmp_path / "data"))
+    common = ["--model", "tiny-qwen3", "--limit", "1", "--max-new-tokens", "4", "-q", "--data-root", root]
+    out = tmp_path / "m"
+    res = runner.invoke(app, ["eval", "math500", *common, "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    p = json.loads((out / "results.json").read_text())["benchmarks"]["math500"]["protocol"]
+    assert p["extraction"] == "boxed" and ev.protocol_str(p).endswith(" · boxed · first 1")
+    # the same samples graded with another extraction would mix grades: refused
+    res = runner.invoke(app, ["eval", "math500", *common, "--out", str(out), "--extraction", "boxed-or-last-math"])
+    assert res.exit_code == 1 and "extraction='boxed'" in res.output
+    out2 = tmp_path / "m2"
+    res = runner.invoke(app, ["eval", "math500", *common, "--out", str(out2), "--extraction", "boxed-or-last-math"])
+    assert res.exit_code == 0, res.output
+    p = json.loads((out2 / "results.json").read_text())["benchmarks"]["math500"]["protocol"]
+    assert p["extraction"] == "boxed-or-last-math" and " · boxed-or-last-math" in ev.protocol_str(p)
+    res = runner.invoke(app, ["eval", "math500", *common, "--extraction", "anything"])
+    assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1
+    assert "extraction must be one of boxed, boxed-or-last-math" in res.output
+    res = runner.invoke(app, ["eval", "gsm8k", *common, "--extraction", "boxed-or-last-math"])
+    assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1, res.output
+    assert "--extraction boxed-or-last-math is an option of the math tasks" in res.output

@@ -111,3 +111,54 @@ def test_cli_score_bad_input_is_one_line_error(tmp_path):
     assert res.exit_code != 0
     res = runner.invoke(app, ["score", "--model", "tiny-qwen3", "--prompt", "x", "--response", "y", "--layers", "banana"])
     assert res.exit_code == 1 and "Error:" in res.output
+
+
+# -- issue 12: hostile inputs -------------------------------------------------------------------
+def test_cli_score_non_utf8_is_one_line(tmp_path):
+    runner = CliRunner()
+    bad = "caf\udcff"  # how Python hands over an undecodable argv byte (surrogateescape)
+    for flag in ("--prompt", "--response"):
+        argv = {"--prompt": "What is 2+3?", "--response": "\\boxed{5}"}
+        argv[flag] = bad
+        res = runner.invoke(app, ["score", "--model", "tiny-qwen3", *[x for kv in argv.items() for x in kv]])
+        lines = res.output.strip().splitlines()
+        assert res.exit_code == 1 and len(lines) == 1, res.output
+        assert lines[0].startswith(f"Error: {flag} is not valid UTF-8 (character 4)")
+    src = tmp_path / "pairs.jsonl"
+    src.write_bytes(b'{"prompt": "a", "response": "b"}\n{"prompt": "caf\xff", "response": "b"}\n')
+    res = runner.invoke(app, ["score", "--model", "tiny-qwen3", "--input", str(src)])
+    assert res.exit_code == 1 and res.output.strip().splitlines() == [
+        f"Error: {src}:2: not valid UTF-8 (byte 16 of the line)  (FT_DEBUG=1 for the traceback)"]
+    src.write_text('{"prompt": "a", "response": "b"}\r\n{"prompt": "x\\udcff", "response": "b"}\n')
+    res = runner.invoke(app, ["score", "--model", "tiny-qwen3", "--input", str(src)])
+    assert res.exit_code == 1 and f"Error: {src}:2: field prompt: not valid UTF-8" in res.output
+
+
+def test_score_refuses_inputs_beyond_the_context_before_any_forward(monkeypatch, tmp_path):
+    import ftcli.scoring as scoring
+
+    calls = []
+    monkeypatch.setattr(scoring, "mean_attention", lambda *a, **k: calls.append(1) / 0)
+    model, tok = load_model("tiny-qwen3")
+    ctx = model.config.max_position_embeddings
+    with pytest.raises(ValueError, match=rf"^pair 2: \d+ tokens .*more than the limit of {ctx} "):
+        score_pairs(model, tok, [("q", "short"), ("q", "7" * (ctx + 10))])
+    with pytest.raises(ValueError, match=r"^x:1: \d+ tokens .*the limit of 16 "):
+        score_pairs(model, tok, [("q", "a longer response than sixteen tokens")], max_tokens=16, names=["x:1"])
+    with pytest.raises(ValueError, match=rf"^--max-tokens must be <= {ctx}, the model's context"):
+        score_pairs(model, tok, [("q", "r")], max_tokens=ctx + 1)
+    assert calls == []  # refused before any forward pass
+    src = tmp_path / "long.jsonl"
+    src.write_text('{"prompt": "q", "response": "r"}\n' + json.dumps({"prompt": "q", "response": "9" * 100}) + "\n")
+    res = CliRunner().invoke(app, ["score", "--model", "tiny-qwen3", "--input", str(src), "--max-tokens", "40"])
+    assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1
+    assert f"Error: {src}:2: " in res.output and "more than the limit of 40" in res.output
+
+
+@pytest.mark.parametrize(("argv", "says"), [(["--gamma", "nan"], "--gamma must be > 0, finite (got nan)"),
+                                            (["--gamma", "-1"], "--gamma must be > 0"),
+                                            (["--max-tokens", "0"], "--max-tokens must be >= 1")])
+def test_cli_score_numeric_ranges(argv, says):
+    res = CliRunner().invoke(app, ["score", "--model", "tiny-qwen3", "-p", "q", "-r", "r", *argv])
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == 1 and len(lines) == 1 and lines[0].startswith(f"Error: {says}"), res.output

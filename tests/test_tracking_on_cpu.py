@@ -198,6 +198,9 @@ def test_wandb_offline_writes_under_run_dir(tmp_path, monkeypatch):
         t.log(2, ROW2)
     finally:
         t.close()
+    import wandb
+
+    wandb.teardown()  # finish() can return before W&B's service has closed the run file; this waits
     [run] = (run_dir / "wandb").glob("offline-run-*")
     [data] = run.glob("run-*.wandb")
     blob = data.read_bytes()
@@ -379,16 +382,18 @@ def test_ft_sft_report_to_tensorboard(tmp_path):
     from ftcli.cli import app
 
     out = tmp_path / "sft"
-    res = CliRunner().invoke(app, ["sft", "--out", str(out), "--size", "micro", "--steps", "3", "--batch-size", "4",
-                                   "--problems", "12", "--eval-split", "validation", "--eval-problems", "2",
-                                   "--engine", "torch", "--eval-temperatures", "0", "--quiet", "--report-to", "tensorboard"])
-    assert res.exit_code == 0, res.output
-    report = json.loads((out / "sft_report.json").read_text())
-    acc, scalars = _tb_read(tmp_path / "sft-logs" / "tb")
-    hist = report["loss_history"]
-    assert [s for s, _ in scalars["loss"]] == [h["step"] for h in hist] == [3]
-    assert [v for _, v in scalars["loss"]] == pytest.approx([h["loss"] for h in hist], rel=1e-6)
-    assert {"lr", "tokens", "elapsed_s"} <= set(scalars)
-    assert scalars["validation_accuracy/greedy"] == [(3, pytest.approx(report["eval"]["greedy"]["accuracy"]))]
-    assert "config/text_summary" in acc.Tags()["tensors"]
-    assert not (out / "tb").exists()
+    args = ["sft", "--out", str(out), "--size", "micro", "--steps", "3", "--batch-size", "4", "--problems", "12",
+            "--eval-split", "validation", "--eval-problems", "2", "--engine", "torch", "--eval-temperatures", "0",
+            "--quiet", "--report-to", "tensorboard"]
+    for extra in ([], ["--force", "--seed", "1"]):  # a rebuild replaces the earlier curves
+        res = CliRunner().invoke(app, args + extra)
+        assert res.exit_code == 0, res.output
+        report = json.loads((out / "sft_report.json").read_text())
+        acc, scalars = _tb_read(tmp_path / "sft-logs" / "tb")
+        hist = report["loss_history"]
+        assert [s for s, _ in scalars["loss"]] == [h["step"] for h in hist] == [3]
+        assert [v for _, v in scalars["loss"]] == pytest.approx([h["loss"] for h in hist], rel=1e-6)
+        assert {"lr", "tokens", "elapsed_s"} <= set(scalars)
+        assert scalars["validation_accuracy/greedy"] == [(3, pytest.approx(report["eval"]["greedy"]["accuracy"]))]
+        assert "config/text_summary" in acc.Tags()["tensors"]
+        assert not (out / "tb").exists()

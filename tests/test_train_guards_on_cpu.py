@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 import torch
-from test_train_on_cpu import SMALL, ToyTask, _metrics, _run, _weights
+from test_train_on_cpu import _metrics, _run, _weights
 from typer.testing import CliRunner
 
 from ftcli import grpo

@@ -47,8 +47,10 @@ def test_run_dir_layout_prune_truncate_and_finished(tmp_path):
         assert d.name == f"step_{s:06d}" and json.loads((d / "trainer_state.json").read_text()) == {"step": s}
     assert list(run.step_checkpoints()) == [1, 2, 3]
     assert not any(p.name.startswith(".") for p in run.checkpoints.iterdir())  # no temp folders left
-    # final: the weights and the state, not the RNG files
-    assert sorted(p.name for p in run.final.iterdir()) == ["config.json", "trainer_state.json"]
+    # final: the weights and the state, not the RNG files; each checkpoint with its manifest
+    assert sorted(p.name for p in run.final.iterdir()) == ["config.json", "manifest.json", "trainer_state.json"]
+    assert sorted(json.loads((run.final / "manifest.json").read_text())["files"]) == ["config.json", "trainer_state.json"]
+    assert "rng_state_rank0.pt" in json.loads((d / "manifest.json").read_text())["files"]
     assert run.is_finished(3) and not run.is_finished(4)
     run.prune(keep_last=1, also_keep=1)  # the newest plus the best-validation step
     assert list(run.step_checkpoints()) == [1, 3]

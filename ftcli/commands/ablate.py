@@ -352,7 +352,7 @@ def _tokens(kw: dict) -> None:
     con.print(f"results: {cfg.out}/results.json, tokens.csv, fig3_tokens.png")
     if not train_:
         return
-    sweep_kw = dict(model=model, task=train_kw["train_task"], steps=train_kw["steps"],
+    sweep_kw = dict(model=model, task=train_kw["train_task"], data_source=None, data_root=cfg.data_root, steps=train_kw["steps"],
                     prompts=None, group_size=None, max_new_tokens=None, lr=None, preset="cpu",
                     set_=train_kw["set_"], seeds=train_kw["seeds"], baseline=True, eval_suite=train_kw["eval_suite"],
                     eval_limit=train_kw["eval_limit"], eval_n=None, eval_temperature=None, eval_max_new_tokens=None,

@@ -74,6 +74,7 @@ def run(
     backend: str = typer.Option("hf", "--backend", help="hf (CPU/GPU) or vllm (GPU, if installed)."),
     device: str = typer.Option(None, "--device", help="cpu / cuda (default: cuda when available)."),
     dtype: str = typer.Option(None, "--dtype", help="fp32 / bf16 / fp16 (default: bf16 on cuda, fp32 on cpu)."),
+    extraction: str = typer.Option(None, "--extraction", help="Math tasks' answer extraction: boxed (the paper's protocol; suite default) or boxed-or-last-math (the field's fallback: without a \\boxed{}, the last math expression). Named in every result's protocol line."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     data_root: DataRootOption = None,
 ):
@@ -92,7 +93,7 @@ def run(
         dtype = "bf16"
     console = Console()
     overrides = dict(n=n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                     top_k=top_k, seed=seed)
+                     top_k=top_k, seed=seed, extraction=extraction)
     with progress_bar("{task.description}", "samples", console=console, disable=quiet) as prog:
         doc, path = evaluate(suite, model=model, ckpt=ckpt, out=out, limit=limit, batch_size=batch_size,
                              backend=backend, device=device, dtype=dtype, overrides=overrides,

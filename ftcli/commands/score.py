@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import typer
@@ -22,20 +23,54 @@ EPILOG = """Examples:
 """
 
 
-def _read_pairs(path: Path) -> list[tuple[str, str]]:
-    pairs = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                pairs.append((str(row["prompt"]), str(row["response"])))
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(f"{path}:{n}: expected a JSON object with prompt and response ({e})") from None
+def _utf8_error(text: str) -> str | None:
+    """Why `text` is not valid UTF-8 (the shell passes undecodable bytes as lone surrogates,
+    and JSON may escape them), None if it is."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"not valid UTF-8 (character {e.start + 1})"
+    return None
+
+
+def _read_pairs(path: Path) -> tuple[list[tuple[str, str]], list[str]]:
+    """(pairs, names 'FILE:LINE') of a JSONL file; a bad line is one ValueError naming it
+    (physical lines: split on \\n only)."""
+    pairs, names = [], []
+    for n, raw in enumerate(path.read_bytes().split(b"\n"), 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}:{n}: not valid UTF-8 (byte {e.start + 1} of the line)") from None
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            pair = (row["prompt"], row["response"])
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}:{n}: expected a JSON object with prompt and response ({e})") from None
+        for key, v in zip(("prompt", "response"), pair, strict=True):
+            if not isinstance(v, str):
+                raise ValueError(f"{path}:{n}: field {key}: expected a string, got {type(v).__name__}")
+            if why := _utf8_error(v):
+                raise ValueError(f"{path}:{n}: field {key}: {why}")
+        pairs.append(pair)
+        names.append(f"{path}:{n}")
     if not pairs:
         raise ValueError(f"{path} has no rows")
-    return pairs
+    return pairs, names
+
+
+def _check_ranges(*, ratio: float, gamma: float, top_edges: int, max_tokens: int | None) -> None:
+    """The numeric options' ranges, one line each (before the model is loaded)."""
+    if not (math.isfinite(ratio) and 0.0 <= ratio <= 1.0):
+        raise ValueError(f"--ratio must be in [0, 1], finite (got {ratio})")
+    if not (math.isfinite(gamma) and gamma > 0):
+        raise ValueError(f"--gamma must be > 0, finite (got {gamma}): a weight <= 0 flips or removes the credited tokens' credit")
+    if top_edges < 0:
+        raise ValueError(f"--top-edges must be >= 0 (got {top_edges})")
+    if max_tokens is not None and max_tokens < 1:
+        raise ValueError(f"--max-tokens must be >= 1 (got {max_tokens})")
 
 
 def score(
@@ -51,6 +86,7 @@ def score(
     json_out: Path = typer.Option(None, "--json", help="Write tokens, offsets, h, f, tau, selected, weights here."),
     html_out: Path = typer.Option(None, "--html", help="Write a self-contained per-token heat map here."),
     batch_size: int = typer.Option(4, min=1, help="Pairs per forward pass."),
+    max_tokens: int = typer.Option(None, "--max-tokens", help="Refuse a pair longer than this many tokens (chat template included), before any forward pass; default and maximum: the model's context."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-token view in the terminal."),
 ):
     """Compute FlowTracer token credit for responses and show it token by token."""
@@ -60,11 +96,15 @@ def score(
     if input is not None:
         if prompt is not None or response is not None:
             raise typer.BadParameter("give either --input or --prompt/--response, not both")
-        pairs = _read_pairs(input)
+        pairs, names = _read_pairs(input)
     elif prompt is None or response is None:
         raise typer.BadParameter("give --prompt and --response, or --input FILE.jsonl")
     else:
-        pairs = [(prompt, response)]
+        for flag, text in (("--prompt", prompt), ("--response", response)):
+            if why := _utf8_error(text):
+                raise ValueError(f"{flag} is {why}")
+        pairs, names = [(prompt, response)], ["--prompt/--response"]
+    _check_ranges(ratio=ratio, gamma=gamma, top_edges=top_edges, max_tokens=max_tokens)
     console = Console()
     mdl, tok = load_model(model)
     settings = {"model": model, "layers": layers, "ratio": ratio, "gamma": gamma, "answer_pattern": answer_pattern}
@@ -73,6 +113,7 @@ def score(
         items = score_pairs(
             mdl, tok, pairs, layers=layers, ratio=ratio, gamma=gamma, answer_pattern=answer_pattern,
             top_edges=top_edges, batch_size=batch_size, on_batch=lambda n: prog.advance(task, n),
+            max_tokens=max_tokens, names=names,
         )
     if not quiet:
         for n, item in enumerate(items):

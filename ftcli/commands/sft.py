@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from rich.console import Console
 from ftcli.commands.data import DataRootOption
 from ftcli.policy import DEFAULT_RECIPE as R
 from ftcli.policy import MODEL_SIZES
-from ftcli.tracking import REPORT_TO_HELP, create_tracker, report_to_callback
+from ftcli.tracking import create_tracker, report_to_callback
 
 EPILOG = """Examples:
 
@@ -52,7 +53,8 @@ def sft(
     force: bool = typer.Option(False, "--force", help="Replace an existing checkpoint in --out."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     report_to: str = typer.Option("none", "--report-to", callback=report_to_callback,
-                                  help=REPORT_TO_HELP.replace("<out>", "<out>-logs")),
+                                  help="Where to log the loss rows and the evaluation accuracies: none, tensorboard "
+                                  "(<out>-logs/tb), wandb (<out>-logs/wandb; offline without an API key), or a comma list."),
 ):
     """Train a small Qwen3 from scratch on Countdown solver traces (loss on response tokens only)."""
     from ftcli.policy.recipe import build_policy  # imported here: ft --help stays fast
@@ -70,6 +72,10 @@ def sft(
         temps = tuple(float(t) for t in eval_temperatures.split(",") if t.strip())
     except ValueError:
         raise typer.BadParameter("comma-separated numbers, e.g. 0,1", param_hint="--eval-temperatures") from None
+    for flag, v, ok, rng in (("--lr", lr, lr > 0, "> 0"), ("--weight-decay", weight_decay, weight_decay >= 0, ">= 0"),
+                             *(("--eval-temperatures", t, t >= 0, ">= 0 (0 = greedy)") for t in temps)):
+        if not (math.isfinite(v) and ok):  # typer's ranges let nan through
+            raise ValueError(f"{flag} must be {rng}, finite (got {v})")
     console = Console(stderr=True)
     recipe = replace(
         R, seed=seed, size=size, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=min(warmup_steps, steps),
@@ -77,8 +83,10 @@ def sft(
         vocab_size=vocab_size, engine=engine, eval_split=eval_split, eval_problems=eval_problems,
         eval_temperatures=temps, data_source=data_source, data_root=str(data_root) if data_root else None,
     )
-    # next to --out, not inside it: the checkpoint folder is replaced as a whole when it is saved
-    tracker = create_tracker(report_to, out.with_name(f"{out.name}-logs"), asdict(recipe))
+    # next to --out, not inside it: the checkpoint folder is replaced as a whole when it is saved;
+    # a rebuild (--force) replaces the TensorBoard curves of the earlier one (resume_step -1)
+    logs = out.with_name(f"{out.name}-logs")
+    tracker = create_tracker(report_to, logs, asdict(recipe), resume_step=-1 if logs.exists() else 0)
     try:
         report = build_policy(out, recipe, progress=not quiet, console=console, evaluate=not no_eval,
                               log=lambda m: console.print(m), on_log=lambda row: tracker.log(row["step"], row))

@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 
 from ftcli.credit import describe_rules
+from ftcli.options import describe_limits
 from ftcli.train.config import PRESETS, TrainConfig, resolve_config
 from ftcli.train.rundir import RunDir
 
@@ -35,6 +36,8 @@ EPILOG = """Examples:
 
   ft train --out runs/flow --resume --steps 40            (continue a run)
 
+  ft train --out runs/flow --report-to tensorboard      (tensorboard --logdir runs/flow/tb)
+
 Multi-process (one process per GPU, or 2 CPU processes):
 
   deepspeed --num_gpus 2 --module ftcli.train_entry --zero-stage 2 --out runs/x ...
@@ -43,7 +46,7 @@ Multi-process (one process per GPU, or 2 CPU processes):
 """
 
 # options that may change when a run is resumed (everything else must match the saved config)
-RESUMABLE = {"steps", "progress", "val_every", "save_every", "keep_last", "log_samples", "gen_batch_size", "data_root"}
+RESUMABLE = {"steps", "progress", "val_every", "save_every", "keep_last", "log_samples", "gen_batch_size", "data_root", "report_to"}
 
 
 def _option_type(tp):
@@ -79,7 +82,10 @@ def _build_params() -> list[inspect.Parameter]:
         help_ = meta["help"]
         if meta.get("choices"):
             help_ += f" One of: {', '.join(meta['choices'])}."
-        help_ += f"  (default: {default}" + (f"; paper: {paper})" if paper is not None else ")")
+        if f.name == "clip_ratio_c":
+            default = "off"
+        rng = describe_limits(meta) if any(meta.get(k) is not None for k in ("min", "max", "gt", "lt")) else None
+        help_ += f"  (default: {default}" + (f"; paper: {paper}" if paper is not None else "") + (f"; {rng}" if rng else "") + ")"
         params.append(inspect.Parameter(f.name, kw, annotation=ann, default=typer.Option(
             None, decl, help=help_, show_default=False, rich_help_panel=meta.get("panel"))))
     return params

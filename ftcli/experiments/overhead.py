@@ -222,9 +222,15 @@ def overhead_table(results: dict):
     def pct(r):
         return f"{r['overhead_pct']:+.1f}% / {100 * (r['ratio_cpu'] - 1):+.1f}%"
 
+    gen = any("share_pct" in r for r in results["rows"])
+    if gen:
+        t.add_column("share of the whole step\nfused / separate", justify="right")
     for T in s["lengths"]:
         n, f, p = by[(T, "none-fused")], by[(T, "flow-fused")], by[(T, "flow-separate")]
-        t.add_row(str(T), f"{n['step_s']:.3f}", f"{f['step_s']:.3f}", pct(f), f"{p['step_s']:.3f}", pct(p),
-                  f"{f['credit_s']:.3f} / {p['credit_s']:.3f}")
+        cells = [str(T), f"{n['step_s']:.3f}", f"{f['step_s']:.3f}", pct(f), f"{p['step_s']:.3f}", pct(p),
+                 f"{f['credit_s']:.3f} / {p['credit_s']:.3f}"]
+        if gen:
+            cells.append(f"{f['share_pct']:+.2f}% / {p['share_pct']:+.2f}%")
+        t.add_row(*cells)
     t.caption = "fused: W captured inside the update forward (credit = the flow solve); separate: an extra no-grad pass (counted as credit). Paper: 2.2-4.5% with its separate pass."
     return t

@@ -306,7 +306,7 @@ class Trainer:
             return 0
         found = self._newest_intact_checkpoint()
         if found is None:
-            self._print("[yellow]--resume: no checkpoint yet, starting from step 0[/]")
+            self._print("[yellow]--resume: no intact checkpoint yet, starting from step 0[/]")
             self._truncate_logs(-1)  # starts over: drop every row, the step-0 validation included
             return 0
         step, d, state = found
