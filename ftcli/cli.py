@@ -17,13 +17,22 @@ from ftcli.config import debug
 COMMAND_MODULES = ("score", "data", "train", "eval", "ablate", "sft")
 
 
+# Exceptions that click/typer format themselves (usage errors name the option). Typer >= 0.24
+# vendors its own click, whose exception classes differ from the `click` package's: take the
+# base class from typer's own BadParameter so both layouts pass through.
+_CLICK_HANDLED = (
+    click.exceptions.Exit, click.exceptions.Abort, click.ClickException, typer.Exit, typer.Abort,
+    next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"),
+)
+
+
 class _FriendlyGroup(TyperGroup):
     """Root group: turns any uncaught exception into a one-line error (unless FT_DEBUG)."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, typer.Exit):
+        except _CLICK_HANDLED:
             raise
         except KeyboardInterrupt:
             typer.echo("Interrupted.", err=True)

@@ -381,8 +381,12 @@ class _NoTrainTask(ToyTask):
 
 
 def test_a_failure_before_the_first_step_leaves_no_run_folder(tmp_path):
-    with pytest.raises(ValueError, match="no training samples"):
+    with pytest.raises(ValueError, match="no training samples"):  # the data is read before --out is made
         _run(tmp_path, "new", task=_NoTrainTask(), steps=2)
+    assert not (tmp_path / "new").exists()
+    missing = tmp_path / "no-such-model"  # fails after --out was made: the folder is removed again
+    with pytest.raises(Exception):  # noqa: B017 - whatever the loader raises
+        _run(tmp_path, "new", model=str(missing), steps=2)
     assert not (tmp_path / "new").exists()
     # a folder that was there before (a resumed run, or the user's) is never removed
     old = tmp_path / "old"

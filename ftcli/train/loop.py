@@ -103,15 +103,22 @@ class Trainer:
         """Load the task, the policy and the engines; resume; write config.json. Returns the
         step to continue after (0 for a new run)."""
         cfg = self.cfg
-        if self.is_main:
-            if not self.resume and self.rundir.has_run():
-                raise ValueError(f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --out")
-            self.created_dir = not self.resume and not self.run_dir.exists()
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._barrier()
+        if self.is_main and not self.resume and self.rundir.has_run():
+            raise ValueError(f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --out")
         if self.task is None:
             source = cfg.data_source if cfg.task in GENERATED_TASKS else None
             self.task = get_task(cfg.task, **task_data_options(cfg.task, cfg.data_root, source, cfg.seed))
+        # the data first: a missing file fails in seconds, before the model, the engine and --out
+        self.train_data = self.task.load("train")  # a lazy sequence for generated tasks: slice, never list()
+        if cfg.train_size:
+            self.train_data = self.train_data[: cfg.train_size]
+        if not len(self.train_data):
+            raise ValueError(f"task {cfg.task!r} has no training samples")
+        self.val_data = self._load_val() if cfg.validates else []
+        if self.is_main:
+            self.created_dir = not self.resume and not self.run_dir.exists()
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._barrier()
         model, self.tokenizer = load_model(cfg.model, attn_implementation=cfg.attn_implementation)
         use_cuda = torch.cuda.is_available()
         self.use_bf16 = use_cuda if cfg.bf16 is None else bool(cfg.bf16)
@@ -130,12 +137,6 @@ class Trainer:
         elif ref is not None:
             self.ref = ref.to(self.device, dtype=torch.bfloat16 if self.use_bf16 else torch.float32)
         self.updater = PolicyUpdate(cfg, self.engine, self.ref, self.tokenizer, self.world, self.seqs_per_mini, self.ctrl_c)
-        self.train_data = self.task.load("train")  # a lazy sequence for generated tasks: slice, never list()
-        if cfg.train_size:
-            self.train_data = self.train_data[: cfg.train_size]
-        if not len(self.train_data):
-            raise ValueError(f"task {cfg.task!r} has no training samples")
-        self.val_data = self._load_val() if cfg.validates else []
         start = self._maybe_resume()
         if self.is_main:
             resolved = asdict(cfg)
