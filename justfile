@@ -43,8 +43,8 @@ test: setup
 test-slow: setup
     {{python}} -m pytest -q -m slow
 
-# Benchmarks (never part of the tests). Results go to bench/results/*.json. About 30 minutes on
-# one core; bench_step.py's --full adds SmolLM2 at 4K tokens (several minutes per round more).
+# Benchmarks (never part of the tests). Results go to bench/results/*.json. About 40 minutes on
+# one core (bench_step.py about 30, SmolLM2 at 1K and 2K most of it); its --full adds 4K tokens (another hour).
 bench: setup
     {{python}} bench/bench_flow.py
     {{python}} bench/bench_capture.py
