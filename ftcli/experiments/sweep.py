@@ -20,7 +20,12 @@ from rich.table import Table
 from ftcli.evaluate import evaluate, protocol_str
 from ftcli.experiments.common import fmt_num, fmt_pct, fmt_pm_pct, guard_settings, write_csv
 from ftcli.experiments.config import SweepConfig
-from ftcli.experiments.stats import mean_std, mean_std_dict, minimal_detectable_difference, paired_difference
+from ftcli.experiments.stats import (
+    mean_std,
+    mean_std_dict,
+    minimal_detectable_difference,
+    paired_difference,
+)
 from ftcli.experiments.variants import Variant, dedupe
 from ftcli.io import atomic_write_json
 from ftcli.plots import training_curves, variant_bars
