@@ -26,8 +26,9 @@ setup:
     {{python}} -c "from ftcli.model_fetch import ensure_smollm2; print('default model:', ensure_smollm2())"
 
 # The main job: GRPO with FlowTracer credit on Countdown, on the embedded default model.
+# --resume: running it again continues an interrupted run (or reports the finished one).
 run: setup
-    ft train --task countdown --credit flow --out runs/main
+    ft train --task countdown --credit flow --out runs/main --resume
 
 # Per-token FlowTracer credit of a worked GSM8K answer on SmolLM2-135M-Instruct.
 score-example: setup
