@@ -13,8 +13,9 @@ mask builder with `AttentionMaskInterface`) and the model is switched to it with
 `model.set_attn_implementation` for the duration of one forward. For every layer the function
 lets the model's original kernel (sdpa, eager, or flash on GPU) produce the layer output; for
 the chosen layers it also recomputes the probabilities in fp32 from the post-RoPE query/key it
-receives, one query chunk at a time, and adds their head-sum, transposed, into one [B, T, T]
-fp32 buffer. The original implementation is restored afterwards, also on error.
+receives, one query chunk at a time, and adds their head-sum into one [B, T, T] fp32 buffer
+(query-major; transposed once at the end). The original implementation is restored afterwards,
+also on error.
 
 Public API:
     layer_range(spec, num_layers) -> list[int]
@@ -35,7 +36,7 @@ import torch
 
 __all__ = ["AttentionCapture", "capture_attention", "layer_range", "mean_attention", "num_layers"]
 
-DEFAULT_CHUNK = 256
+DEFAULT_CHUNK = 64  # queries per recompute chunk: fastest at T = 1K-4K (bench/bench_capture_kernel.py)
 
 # One registered implementation name per mask family the wrapped kernel expects. Names must not
 # contain "flash" (transformers would try to import a flash kernel of that name) or "sdpa".
@@ -167,34 +168,42 @@ def _accumulate_layer(
     sliding_window: int | None = None,
     sinks: torch.Tensor | None = None,
 ) -> None:
-    """Add one layer's head-mean of attention probabilities into `buf`, transposed (Eq. 1).
+    """Add one layer's head-mean of attention probabilities into `buf` (Eq. 1, query-major).
 
-    buf[b, i, k] += 1/H * sum_h P[b, h, k, i] with P = softmax(Q K^T * scaling + mask) computed in
+    buf[b, k, i] += 1/H * sum_h P[b, h, k, i] with P = softmax(Q K^T * scaling + mask) computed in
     float32 exactly as transformers' eager attention does (scale, optional tanh softcap, mask,
     optional attention sinks), `chunk` queries at a time so that only a [B, H, chunk, T] slice
     exists at once. A query row with every key masked gives 0 (not NaN).
 
-    Shapes: buf [B, Tk, Tq] fp32; query [B, H, Tq, d]; key [B, H_kv, Tk, d] (post-RoPE, any
+    Shapes: buf [B, Tq, Tk] fp32 (query, key: `_finalize` transposes once); query [B, H, Tq, d]; key [B, H_kv, Tk, d] (post-RoPE, any
     dtype); mask None (pure causal), 4D bool [B|1, 1|H, Tq, >=Tk] (True = attend), 4D additive
     float of the same shape, or 2D bool padding [B, Tk] (flash family); pad [B, Tk] bool or None,
     used only when the causal mask is built here (mask None or 2D).
+
+    Speed (CPU, one thread; bench/bench_capture_kernel.py): the scores of a chunk go into one
+    reused workspace through a plain batched matmul ([B, H_kv, g*c, d] @ [B, H_kv, d, kend],
+    scaling folded into q), the mask is applied only to the key columns it can change, and the
+    softmax is torch's fused row kernel, in place.
     """
     B, H, Tq, d = query.shape
     Hkv, Tk = key.shape[1], key.shape[2]
     if H % Hkv:
         raise ValueError(f"query heads ({H}) not a multiple of key/value heads ({Hkv})")
     g = H // Hkv
-    k32 = key.detach().to(torch.float32)  # [B, H_kv, Tk, d]
+    kT = key.detach().to(torch.float32).transpose(-1, -2)  # [B, H_kv, d, Tk]
     off = Tk - Tq  # queries are the last Tq positions (0 without a cache)
     build = mask is None or mask.ndim == 2
     if mask is not None and mask.ndim == 2:
         pad = mask if pad is None else pad
     if pad is not None:
         pad = pad[:, -Tk:].to(device=key.device, dtype=torch.bool)  # [B, Tk]
+    padcol = None if pad is None else ~pad.all(0)  # [Tk] True where some row is padding
     kpos = torch.arange(Tk, device=key.device)
     sink = None
     if sinks is not None:  # per-head learnable sink logits (gpt-oss): [H] -> [1, H_kv, g, 1, 1]
         sink = sinks.detach().to(torch.float32).reshape(1, Hkv, g, 1, 1)
+    chunk = max(1, min(chunk, Tq))
+    work = torch.empty(B * H * chunk * Tk, dtype=torch.float32, device=key.device)
     for q0 in range(0, Tq, chunk):
         q1 = min(q0 + chunk, Tq)
         c = q1 - q0
@@ -206,40 +215,60 @@ def _accumulate_layer(
             mask.dtype == torch.bool and off + q1 < Tk and not mask[..., q0:q1, off + q1 : Tk].any()
         ):
             kend = off + q1
-        qc = query[:, :, q0:q1].detach().to(torch.float32)
-        qc = qc.reshape(B, Hkv, g, c, d)  # [B, Hkv, g, c, d]
-        kc = k32[:, :, None, :kend]  # [B, Hkv, 1, kend, d]
-        # In place from here on: one [B, H, c, kend] fp32 tensor alive per chunk.
-        s = torch.matmul(qc, kc.transpose(-1, -2)).mul_(scaling)  # [B, Hkv, g, c, kend]
+        qc = query[:, :, q0:q1].detach().to(torch.float32) * scaling  # [B, H, c, d]
+        qc = qc.reshape(B, Hkv, g * c, d)  # query head h = kv head h // g
+        s = work[: B * H * c * kend].view(B, Hkv, g * c, kend)
+        torch.matmul(qc, kT[..., :kend], out=s)  # scores [B, H_kv, g*c, kend]
         if softcap is not None:
             s.div_(softcap).tanh_().mul_(softcap)
+        s5 = s.view(B, Hkv, g, c, kend)
         if build:
             qpos = torch.arange(off + q0, off + q1, device=key.device)[:, None]  # [c, 1]
-            keep = kpos[None, :kend] <= qpos  # [c, kend] causal
+            bad = kpos[:kend] > off + q0  # [kend] columns some query of the chunk may not see
             if sliding_window is not None:
-                keep = keep & (kpos[None, :kend] > qpos - sliding_window)
-            keep = keep[None, None, None]  # [1, 1, 1, c, kend]
-            if pad is not None:
-                keep = keep & pad[:, None, None, None, :kend]  # [B, 1, 1, c, kend]
-            s.masked_fill_(~keep, float("-inf"))
+                bad |= kpos[:kend] <= off + q1 - 1 - sliding_window
+            if padcol is not None:
+                bad |= padcol[:kend]
+            for lo, hi in _column_spans(bad):
+                keep = kpos[None, lo:hi] <= qpos  # [c, hi-lo] causal
+                if sliding_window is not None:
+                    keep = keep & (kpos[None, lo:hi] > qpos - sliding_window)
+                keep = keep[None, None, None]  # [1, 1, 1, c, hi-lo]
+                if pad is not None:
+                    keep = keep & pad[:, None, None, None, lo:hi]  # [B, 1, 1, c, hi-lo]
+                s5[..., lo:hi].masked_fill_(~keep, float("-inf"))
         else:
             m = mask[..., q0:q1, :kend]  # [B|1, 1|H, c, kend]
             m = m.unsqueeze(2) if m.shape[1] == 1 else m.reshape(m.shape[0], Hkv, g, c, kend)
-            if m.dtype == torch.bool:
-                s.masked_fill_(~m, float("-inf"))
-            else:
-                s.add_(m.to(torch.float32))
-        mx = s.amax(-1, keepdim=True)  # [B, Hkv, g, c, 1]
-        if sink is not None:  # the sink logit joins the normaliser, not the output
-            mx = torch.maximum(mx, sink)
-        p = s.sub_(mx).exp_()  # softmax numerator, in place
-        den = p.sum(-1, keepdim=True)
-        if sink is not None:
-            den = den + torch.exp(sink - mx)
-        p.div_(den)  # [B, Hkv, g, c, kend]
-        p.nan_to_num_(nan=0.0)  # fully masked rows: -inf - (-inf) is NaN -> 0
+            flat = m.reshape(-1, kend)
+            bad = ~flat.all(0) if m.dtype == torch.bool else (flat != 0).any(0)  # [kend]
+            for lo, hi in _column_spans(bad):
+                if m.dtype == torch.bool:
+                    s5[..., lo:hi].masked_fill_(~m[..., lo:hi], float("-inf"))
+                else:
+                    s5[..., lo:hi].add_(m[..., lo:hi].to(torch.float32))
+        if sink is None:
+            p = torch.softmax(s5, -1, out=s5)  # [B, H_kv, g, c, kend], in place
+            dead = p[..., :1].isnan()  # rows with every key masked: -inf - (-inf) is NaN
+            if bool(dead.any()):
+                p.masked_fill_(dead, 0.0)
+        else:  # the sink logit joins the normaliser, not the output
+            full = torch.cat((s5, sink.expand(B, Hkv, g, c, 1)), dim=-1)
+            p = torch.softmax(full, -1, out=full)[..., :kend]
         ph = p.sum(dim=(1, 2))  # [B, c, kend]
-        buf[:, :kend, q0:q1].add_(ph.transpose(1, 2), alpha=1.0 / H)  # [B, kend, c]
+        buf[:, q0:q1, :kend].add_(ph, alpha=1.0 / H)  # contiguous rows, no transposed add
+
+
+def _column_spans(bad: torch.Tensor, most: int = 4) -> list[tuple[int, int]]:
+    """Half-open runs [lo, hi) of True in the 1-D bool `bad` (the key columns a mask changes);
+    more than `most` runs are merged into one span from the first to the last."""
+    edges = torch.diff(bad.to(torch.int8), prepend=bad.new_zeros(1, dtype=torch.int8),
+                       append=bad.new_zeros(1, dtype=torch.int8))
+    cuts = edges.nonzero().flatten().tolist()  # alternating run starts and ends
+    runs = list(zip(cuts[0::2], cuts[1::2]))
+    if len(runs) > most:
+        runs = [(runs[0][0], runs[-1][1])]
+    return runs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -398,11 +427,11 @@ class AttentionCapture:
                     )
                 pad = pad[:, -Tk:].to(device=query.device, dtype=torch.bool)
             self._pad = pad
-            # [B, T, T]: sum over layers of head means, stored [key, query]
-            self._buf = torch.zeros(B, Tk, Tq, dtype=torch.float32, device=query.device)
-        elif self._buf.shape != (B, Tk, Tq):
+            # [B, T, T]: sum over layers of head means, stored [query, key] (see _finalize)
+            self._buf = torch.zeros(B, Tq, Tk, dtype=torch.float32, device=query.device)
+        elif self._buf.shape != (B, Tq, Tk):
             raise RuntimeError(
-                f"one capture covers one forward: got [{B}, {Tk}, {Tq}] after {tuple(self._buf.shape)}"
+                f"one capture covers one forward: got [{B}, {Tq}, {Tk}] after {tuple(self._buf.shape)}"
             )
         scaling = kwargs.get("scaling")
         if scaling is None:
@@ -423,14 +452,13 @@ class AttentionCapture:
         self.seen.append(module.layer_idx)
 
     def _finalize(self) -> None:
-        """W = buffer / |L'|, then zero the diagonal, lower triangle and padding (Eq. 1)."""
+        """W = buffer transposed / |L'|, then zero the diagonal, lower triangle and padding (Eq. 1)."""
         if self._buf is None:
             self.W = None
             return
-        W = self._buf  # [B, T, T], reused in place
+        W = _transpose_strict_upper(self._buf)  # [B, key, query], in place when square
         self._buf = None
         W.mul_(1.0 / max(len(self.seen), 1))
-        W.triu_(diagonal=1)  # drop diagonal and keys after the query (i >= k)
         if self._pad is not None and not bool(self._pad.all()):
             nopad = ~self._pad  # [B, T]
             W.masked_fill_(nopad[:, :, None], 0.0)  # padded keys (rows)
@@ -447,6 +475,24 @@ class AttentionCapture:
                 f"{type(self.model).__name__} may not route attention through transformers' AttentionInterface"
             )
         return self.W
+
+
+def _transpose_strict_upper(A: torch.Tensor, tile: int = 256) -> torch.Tensor:
+    """W[b, i, k] = A[b, k, i] for i < k, else 0: the query-major sums [B, Tq, Tk] turned into
+    W's [key, query] layout with the diagonal and lower triangle dropped (keys at or after the
+    query). Square A is rewritten in place tile by tile (no second [B, T, T] buffer)."""
+    B, Tq, Tk = A.shape
+    if Tq != Tk:
+        return A.transpose(1, 2).triu(diagonal=1)  # [B, Tk, Tq]
+    for i0 in range(0, Tk, tile):
+        i1 = min(i0 + tile, Tk)
+        diag = A[:, i0:i1, i0:i1]
+        diag.copy_(diag.transpose(1, 2).triu(diagonal=1))
+        for j0 in range(i1, Tk, tile):
+            j1 = min(j0 + tile, Tk)
+            A[:, i0:i1, j0:j1].copy_(A[:, j0:j1, i0:i1].transpose(1, 2))  # keys i < queries j
+            A[:, j0:j1, i0:i1].zero_()
+    return A
 
 
 def _attention_fn(module, query, key, value, attention_mask, **kwargs):

@@ -119,7 +119,10 @@ def card_metadata(config: Mapping, final_metrics: Mapping, name: str) -> dict:
     """The card's YAML metadata (hub model card fields)."""
     task = str(config.get("task") or "")
     _, hub, licence = base_model_info(config)
-    datasets = task_datasets(task)
+    data = config.get("data") if isinstance(config.get("data"), Mapping) else {}
+    generated = data.get("source") == "generated"
+    # problems from the project's generator are not any hub dataset's
+    datasets = [] if generated else task_datasets(task)
     meta: dict = {}
     if hub:
         meta["base_model"] = hub
@@ -138,7 +141,8 @@ def card_metadata(config: Mapping, final_metrics: Mapping, name: str) -> dict:
             "name": name,
             "results": [{
                 "task": {"type": "text-generation", "name": f"{task} ({method.upper()})"},
-                "dataset": {"name": f"{task} validation" + (f" (first {n} problems)" if n else ""),
+                "dataset": {"name": f"{task} validation" + (" (generated" + (f", seed {data.get('seed')}" if "seed" in data else "") + ")" if generated else "")
+                            + (f" (first {n} problems)" if n else ""),
                             "type": datasets[0] if datasets else task, "split": "validation"},
                 "metrics": [{"type": "accuracy", "value": float(acc), "name": "validation accuracy",
                              "verified": False}],

@@ -379,6 +379,77 @@ def test_bf16_model_close_to_fp32():
 
 
 # ---------------------------------------------------------------------------------------------
+# the recompute kernel against a straightforward float64 eager softmax (random q/k)
+# ---------------------------------------------------------------------------------------------
+def eager_head_mean(q, k, keep, add, scale, softcap=None, sinks=None):
+    """[B, Tq, Tk] float64: mean over query heads of softmax(q k^T * scale (+ softcap) + mask),
+    keys of GQA groups repeated, fully masked rows 0: transformers' eager attention, spelled out."""
+    H, Hkv = q.shape[1], k.shape[1]
+    s = q.double() @ k.double().repeat_interleave(H // Hkv, dim=1).transpose(-1, -2) * scale
+    if softcap is not None:
+        s = torch.tanh(s / softcap) * softcap
+    if keep is not None:
+        s = s.masked_fill(~keep, float("-inf"))
+    if add is not None:
+        s = s + add.double()
+    Tk = s.shape[-1]
+    if sinks is not None:
+        s = torch.cat([s, sinks.double().view(1, H, 1, 1).expand(*s.shape[:3], 1)], dim=-1)
+    return torch.softmax(s, dim=-1)[..., :Tk].nan_to_num(0.0).mean(1)
+
+
+@pytest.mark.parametrize("mode", ["built", "bool4d", "float4d", "window", "softcap", "sinks"])
+def test_kernel_matches_eager_softmax_mean(mode):
+    from ftcli.attention import _accumulate_layer
+
+    g = torch.Generator().manual_seed(3)
+    B, H, Hkv, T, d = 2, 6, 2, 37, 8
+    pad = torch.ones(B, T, dtype=torch.bool)
+    pad[1, :5] = False  # left padding: row 1's first queries see no key at all
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    keep = causal[None, None] & pad[:, None, None, :]  # [B, 1, T, T]
+    mask, add, kw = None, None, {}
+    if mode == "bool4d":
+        mask = keep
+    elif mode == "float4d":  # eager's additive mask: dtype min, so masked rows are uniform
+        mask = torch.zeros(B, 1, T, T).masked_fill(~keep, torch.finfo(torch.float32).min)
+        add, keep = mask, None
+    elif mode == "window":
+        kw["sliding_window"] = 6
+        pos = torch.arange(T)
+        keep = keep & (pos[None, :] > pos[:, None] - 6)
+    elif mode == "softcap":
+        kw["softcap"] = 2.0
+    elif mode == "sinks":
+        kw["sinks"] = torch.randn(H, generator=g)
+    ref = torch.zeros(B, T, T, dtype=torch.float64)
+    bufs = {c: torch.zeros(B, T, T) for c in (1, 5, 16, 64)}
+    for _layer in range(2):  # two layers accumulate
+        q = torch.randn(B, H, T, d, generator=g) * 2
+        k = torch.randn(B, Hkv, T, d, generator=g) * 2
+        ref += eager_head_mean(q, k, keep, add, d**-0.5, kw.get("softcap"), kw.get("sinks"))
+        for c, buf in bufs.items():
+            _accumulate_layer(buf, q, k, mask, pad if mask is None else None, d**-0.5, c, **kw)
+    dead = ref[1, :5].sum(-1)  # row 1's padded queries: no key (eager's float mask: uniform)
+    torch.testing.assert_close(dead, torch.full_like(dead, 2.0 if mode == "float4d" else 0.0))
+    for c, buf in bufs.items():
+        assert torch.isfinite(buf).all()
+        torch.testing.assert_close(
+            buf.double(), ref, atol=1e-6, rtol=0, msg=lambda m, c=c: f"chunk {c}: {m}"
+        )
+
+
+@pytest.mark.parametrize("T", [1, 7, 11, 24])
+def test_transpose_strict_upper_in_place(T):
+    from ftcli.attention import _transpose_strict_upper
+
+    A = torch.randn(3, T, T)
+    want = A.transpose(1, 2).triu(diagonal=1)
+    out = _transpose_strict_upper(A.clone(), tile=4)  # tiles of 4: partial and diagonal tiles
+    assert torch.equal(out, want)
+
+
+# ---------------------------------------------------------------------------------------------
 # real default model (slow)
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.slow

@@ -247,6 +247,19 @@ def test_model_card_front_matter_and_body(tmp_path):
     assert "| credit mass |" not in body  # only with --weighting mass
 
 
+def test_model_card_of_generated_problems_names_no_hub_dataset(tmp_path):
+    from ftcli.modelcard import card_metadata
+
+    cfg = {"task": "countdown", "model": "default-policy", "credit": "flow", "val_size": 200,
+           "data": {"source": "generated", "generator": "countdown-sos-v1", "seed": 3}}
+    meta = card_metadata(cfg, {"val_accuracy": 0.2}, "run")
+    assert "datasets" not in meta
+    ds = meta["model-index"][0]["results"][0]["dataset"]
+    assert ds["type"] == "countdown" and "generated, seed 3" in ds["name"]
+    files = card_metadata({**cfg, "data": {"source": "files"}}, {"val_accuracy": 0.2}, "run")
+    assert files["datasets"] == ["Jiayi-Pan/Countdown-Tasks-3to4"]
+
+
 def test_model_card_reads_in_the_hub_library(tmp_path):
     huggingface_hub = pytest.importorskip("huggingface_hub")
     cfg = _card_config(tmp_path, model="Qwen/Qwen3-4B-Base", task="gsm8k", credit="none")
