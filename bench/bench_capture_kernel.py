@@ -127,9 +127,16 @@ def main() -> None:
     ap.add_argument("--cases", nargs="+", default=["causal", "padded"])
     ap.add_argument("--layers", type=int, default=10)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--ref-chunk", type=int, default=256, help="chunk of the reference (its default)")
-    ap.add_argument("--chunks", type=int, nargs="+", default=[DEFAULT_CHUNK],
-                    help="chunk sizes of the new kernel to time")
+    ap.add_argument(
+        "--ref-chunk", type=int, default=256, help="chunk of the reference (its default)"
+    )
+    ap.add_argument(
+        "--chunks",
+        type=int,
+        nargs="+",
+        default=[DEFAULT_CHUNK],
+        help="chunk sizes of the new kernel to time",
+    )
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -153,17 +160,32 @@ def main() -> None:
             for name, _, c in variants:
                 med = statistics.median(times[name])
                 row = {
-                    "T": T, "case": case, "kernel": name, "chunk": c, "layers": args.layers,
-                    "median_s": round(med, 4), "min_s": round(min(times[name]), 4),
+                    "T": T,
+                    "case": case,
+                    "kernel": name,
+                    "chunk": c,
+                    "layers": args.layers,
+                    "median_s": round(med, 4),
+                    "min_s": round(min(times[name]), 4),
                     "speedup_vs_old": round(old / med, 2),
                     "max_abs_diff_vs_old": float((bufs[name] - bufs["old"]).abs().max()),
                 }
                 rows.append(row)
-                print(f"T={T:5d} {case:7s} {name:8s} median {med:7.3f} s  min {min(times[name]):7.3f} s"
-                      f"  x{row['speedup_vs_old']:.2f}  |diff| {row['max_abs_diff_vs_old']:.1e}",
-                      flush=True)
-    meta = {"batch": B, "heads": H, "kv_heads": HKV, "head_dim": D, "threads": 1,
-            "torch": torch.__version__, "cpu_count": os.cpu_count(), "reps": args.reps}
+                print(
+                    f"T={T:5d} {case:7s} {name:8s} median {med:7.3f} s  min {min(times[name]):7.3f} s"
+                    f"  x{row['speedup_vs_old']:.2f}  |diff| {row['max_abs_diff_vs_old']:.1e}",
+                    flush=True,
+                )
+    meta = {
+        "batch": B,
+        "heads": H,
+        "kv_heads": HKV,
+        "head_dim": D,
+        "threads": 1,
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "reps": args.reps,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     print(f"wrote {args.out}")

@@ -36,7 +36,8 @@ import torch
 
 __all__ = ["AttentionCapture", "capture_attention", "layer_range", "mean_attention", "num_layers"]
 
-DEFAULT_CHUNK = 64  # queries per recompute chunk: fastest at T = 1K-4K (bench/bench_capture_kernel.py)
+# Queries per recompute chunk: the fastest at T = 1K-4K on CPU (bench/bench_capture_kernel.py).
+DEFAULT_CHUNK = 64
 
 # One registered implementation name per mask family the wrapped kernel expects. Names must not
 # contain "flash" (transformers would try to import a flash kernel of that name) or "sdpa".
@@ -175,10 +176,11 @@ def _accumulate_layer(
     optional attention sinks), `chunk` queries at a time so that only a [B, H, chunk, T] slice
     exists at once. A query row with every key masked gives 0 (not NaN).
 
-    Shapes: buf [B, Tq, Tk] fp32 (query, key: `_finalize` transposes once); query [B, H, Tq, d]; key [B, H_kv, Tk, d] (post-RoPE, any
-    dtype); mask None (pure causal), 4D bool [B|1, 1|H, Tq, >=Tk] (True = attend), 4D additive
-    float of the same shape, or 2D bool padding [B, Tk] (flash family); pad [B, Tk] bool or None,
-    used only when the causal mask is built here (mask None or 2D).
+    Shapes: buf [B, Tq, Tk] fp32 (query-major: `_finalize` transposes once); query [B, H, Tq, d];
+    key [B, H_kv, Tk, d] (post-RoPE, any dtype); mask None (pure causal), 4D bool
+    [B|1, 1|H, Tq, >=Tk] (True = attend), 4D additive float of the same shape, or 2D bool padding
+    [B, Tk] (flash family); pad [B, Tk] bool or None, used only when the causal mask is built here
+    (mask None or 2D).
 
     Speed (CPU, one thread; bench/bench_capture_kernel.py): the scores of a chunk go into one
     reused workspace through a plain batched matmul ([B, H_kv, g*c, d] @ [B, H_kv, d, kend],
@@ -262,10 +264,10 @@ def _accumulate_layer(
 def _column_spans(bad: torch.Tensor, most: int = 4) -> list[tuple[int, int]]:
     """Half-open runs [lo, hi) of True in the 1-D bool `bad` (the key columns a mask changes);
     more than `most` runs are merged into one span from the first to the last."""
-    edges = torch.diff(bad.to(torch.int8), prepend=bad.new_zeros(1, dtype=torch.int8),
-                       append=bad.new_zeros(1, dtype=torch.int8))
+    zero = bad.new_zeros(1, dtype=torch.int8)
+    edges = torch.diff(bad.to(torch.int8), prepend=zero, append=zero)  # [n + 1]
     cuts = edges.nonzero().flatten().tolist()  # alternating run starts and ends
-    runs = list(zip(cuts[0::2], cuts[1::2]))
+    runs = list(zip(cuts[0::2], cuts[1::2], strict=True))
     if len(runs) > most:
         runs = [(runs[0][0], runs[-1][1])]
     return runs
@@ -452,7 +454,7 @@ class AttentionCapture:
         self.seen.append(module.layer_idx)
 
     def _finalize(self) -> None:
-        """W = buffer transposed / |L'|, then zero the diagonal, lower triangle and padding (Eq. 1)."""
+        """W = buffer transposed / |L'|; diagonal, lower triangle and padding zero (Eq. 1)."""
         if self._buf is None:
             self.W = None
             return
