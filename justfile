@@ -62,7 +62,7 @@ qwen-coder: setup
     {{python}} -c "from ftcli.model_fetch import ensure_qwen_coder; print(ensure_qwen_coder())"
 
 lint:
-    {{python}} -m ruff check ftcli tasks evals tests bench
+    {{python}} -m ruff check ftcli tasks evals tests bench examples scripts
 
 # Reproduce one table of the paper: `just table 3 [MODEL]` runs scripts/table3.sh.
 table n model="": setup
