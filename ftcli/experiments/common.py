@@ -7,6 +7,7 @@ import csv
 import io
 import json
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -43,6 +44,16 @@ def write_csv(path: Path, rows: list[list]) -> None:
 
 def progress(console, enabled: bool):
     return progress_bar("[bold]{task.description}", console=console, disable=not enabled)
+
+
+def open_experiment(cfg, task=None, ignore: Sequence[str] = ()):
+    """(out folder, settings, task object) of an analysis: the settings are all of cfg but `out`;
+    an --out holding another experiment's settings (beyond `ignore`) is refused; `task` (or
+    cfg.task) is resolved under cfg.data_root."""
+    out = Path(cfg.out)
+    settings = {k: v for k, v in asdict(cfg).items() if k != "out"}
+    guard_settings(out, settings, ignore=ignore)
+    return out, settings, resolve_task(task if task is not None else cfg.task, cfg.data_root)
 
 
 def load_pair(model, device=None):

@@ -7,8 +7,6 @@ regenerate the answer; answer-change and correctness-reversal rates with Wilson 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict
-from pathlib import Path
 
 import torch
 from rich.table import Table
@@ -18,10 +16,9 @@ from ftcli.evaluation import grade
 from ftcli.experiments.common import (
     decode,
     fmt_rate_ci,
-    guard_settings,
     load_pair,
+    open_experiment,
     pad_id_of,
-    resolve_task,
     trace_flows,
     write_csv,
 )
@@ -151,10 +148,7 @@ def summarize_intervention(records: Sequence[dict], ratio: float = 0.2, keep_tru
 def intervene(cfg: InterveneConfig, *, console=None, progress: bool = True, model=None, task=None) -> dict:
     """Table 1 (protocol: INTERVENE_PROTOCOL). Resumable: finished problems are kept in
     `problems.jsonl` and skipped. Writes results.json, table.csv, intervene.png; returns results."""
-    out = Path(cfg.out)
-    settings = {k: v for k, v in asdict(cfg).items() if k != "out"}
-    guard_settings(out, settings, ignore=("n", "batch_size"))
-    task_obj = resolve_task(task if task is not None else cfg.task, cfg.data_root)
+    out, settings, task_obj = open_experiment(cfg, task, ignore=("n", "batch_size"))
     samples = list(task_obj.load(cfg.split))[: cfg.n]
     pfile = out / "problems.jsonl"
     done = {r["id"]: r for r in read_jsonl(pfile)}

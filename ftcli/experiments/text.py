@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict
 from fractions import Fraction
-from pathlib import Path
 
 import torch
 from rich.table import Table
@@ -25,10 +23,9 @@ from ftcli.experiments.common import (
     fmt_num,
     fmt_pct,
     fmt_pm,
-    guard_settings,
     load_pair,
+    open_experiment,
     pad_id_of,
-    resolve_task,
     trace_flows,
     write_csv,
 )
@@ -122,10 +119,7 @@ def answer_format(cfg: TextConfig, *, console=None, progress: bool = True, model
     ceil(ratio * n) of the n reasoning tokens by throughput form S_f; reported per format pair:
     overlap |S_f ∩ S_g| / k, Jaccard, and the Spearman correlation of tau over the reasoning
     tokens; chance overlap is k / n. Writes results.json, per-problem rows, overlap PNG."""
-    out = Path(cfg.out)
-    settings = {k: v for k, v in asdict(cfg).items() if k != "out"}
-    guard_settings(out, settings, ignore=("batch_size",))
-    task_obj = resolve_task(task if task is not None else cfg.task, cfg.data_root)
+    out, settings, task_obj = open_experiment(cfg, task, ignore=("batch_size",))
     console = stderr_console(console)
     mdl, tok = load_pair(model if model is not None else cfg.model)
     pad = pad_id_of(tok)
@@ -218,10 +212,7 @@ def token_classes(cfg: TextConfig, *, console=None, progress: bool = True, model
     (top ratio of response tokens). Analysed: the reasoning body only (not the final answer
     line). Per class: share of reasoning tokens, of the selected ones and of throughput; per
     token string: mean relative throughput (tau / the response's mean reasoning tau), ranked. Writes results.json, tokens.csv, fig3_tokens.png."""
-    out = Path(cfg.out)
-    settings = {k: v for k, v in asdict(cfg).items() if k != "out"}
-    guard_settings(out, settings, ignore=("batch_size",))
-    task_obj = resolve_task(task if task is not None else cfg.task, cfg.data_root)
+    out, settings, task_obj = open_experiment(cfg, task, ignore=("batch_size",))
     console = stderr_console(console)
     mdl, tok = load_pair(model if model is not None else cfg.model)
     pad = pad_id_of(tok)
