@@ -147,6 +147,24 @@ def metric_stderr(
     return math.sqrt(sum((v - m) ** 2 for v in vals) / (n - 1) / n)
 
 
+def sampling_stderr(name: str, correct: Sequence[Sequence[bool]]) -> float | None:
+    """Noise of an avg@k evaluation from the sampling alone, the problems held fixed: the
+    standard error sqrt(sum_i s_i^2 / k) / N, with s_i^2 = p_i (1 - p_i) k / (k - 1) the unbiased
+    within-problem variance of problem i's k samples (p_i its fraction correct). This is the
+    part of the spread that more samples per problem remove; two models compared on the same
+    problems differ by at least this much by chance. None for other metrics or k < 2."""
+    if not name.startswith("avg@") or not correct:
+        return None
+    k = int(name.split("@", 1)[1])
+    if k < 2 or min(len(c) for c in correct) < k:
+        return None
+    var = 0.0
+    for c in correct:
+        p = sum(bool(x) for x in c[:k]) / k
+        var += p * (1 - p) * k / (k - 1) / k
+    return math.sqrt(var) / len(correct)
+
+
 def standard_metrics(
     correct: Sequence[Sequence[bool]], answers: Sequence[Sequence[str | None]] | None = None
 ) -> dict[str, float]:

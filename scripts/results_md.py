@@ -8,7 +8,8 @@ per variant: test accuracy mean ± std over seeds, the seeds' values, the paired
 GRPO (same seeds) with its 95% t interval, the mean training reward of the last 3 steps and
 seconds per step; under the table, the evaluation's standard error per run (over problems) and
 the minimal paired difference detectable at 80% power with the seeds used. An intervention folder
-(`ft ablate intervene`) gives the Table 1 layout with counts and Wilson intervals.
+(`ft ablate intervene`) gives the Table 1 layout with counts and Wilson intervals; a token-class
+or answer-format folder (`ft ablate tokens|format`) gives the Sec. 5.2 tables.
 `--paper LABEL=NUMBER` adds the paper's number to the row of that variant label.
 """
 
@@ -35,11 +36,12 @@ def sweep_md(res: dict, paper: dict[str, str]) -> str:
         "| variant | test accuracy % (mean ± std) | per seed | Δ vs GRPO, paired [95% CI] | train reward (last 3 steps) | s/step | paper |",
         "|---|---|---|---|---|---|---|",
     ]
-    ses, mdds = [], []
+    ses, sses, mdds = [], [], []
     for v in res["variants"]:
         a = v["avg"]
         seeds = " / ".join(_pct(r["avg"]) for r in v["seeds"])
         ses += [se for r in v["seeds"] for se in (r.get("stderr") or {}).values() if se is not None]
+        sses += [se for r in v["seeds"] for se in (r.get("sampling_stderr") or {}).values() if se is not None]
         pd = v.get("paired_vs_baseline")
         if v["baseline"]:
             delta = ""
@@ -56,6 +58,10 @@ def sweep_md(res: dict, paper: dict[str, str]) -> str:
         lines.append(f"| {v['label']} | {_pct(a['mean'])} ± {_pct(a['std'])} | {seeds} | {delta} | {rew} | {sps} | "
                      f"{paper.get(v['label'], '—')} |")
     notes = []
+    if sses:
+        sses.sort()
+        notes.append(f"noise floor of one evaluation (sampling alone, the problems fixed): standard error "
+                     f"{100 * sses[len(sses) // 2]:.2f} points (median over runs)")
     if ses:
         notes.append(f"evaluation standard error per run (over problems): median {100 * sorted(ses)[len(ses) // 2]:.2f} points")
     if mdds:
@@ -96,6 +102,55 @@ def intervene_md(res: dict) -> str:
     return "\n".join(lines)
 
 
+def tokens_md(res: dict) -> str:
+    """Sec. 5.2 token classes (`ft ablate tokens`): shares of tokens, of the selected top set
+    (Wilson 95% interval) and of throughput per class, with the highest- and lowest-flow tokens."""
+    s = res["settings"]
+    lines = [
+        f"**Sec. 5.2 token classes** · model `{s['model']}` · task {s['task']} ({s['source']} responses) · "
+        f"top {round(100 * s['ratio'])}% by flow · {res['used']} responses (of {res['problems']})",
+        "",
+        "| class | share of reasoning tokens % | share of the top set % [95% CI] | share of throughput % | lift |",
+        "|---|---|---|---|---|",
+    ]
+    for c, r in res["classes"].items():
+        lift = "—" if r["lift"] is None else f"{r['lift']:.2f}"
+        lines.append(f"| {c} | {_pct(r['share_tokens'])} | {_pct(r['share_selected'])} "
+                     f"[{_pct(r['selected_ci'][0])}, {_pct(r['selected_ci'][1])}] | {_pct(r['share_tau'])} | {lift} |")
+
+    def toks(key):
+        return ", ".join(f"`{x['token']}` ({x['rel_tau']:.2f})" for x in res[key][:10])
+
+    lines += ["", f"Highest mean relative throughput: {toks('top_tokens')}.",
+              f"Lowest: {toks('bottom_tokens')}."]
+    return "\n".join(lines)
+
+
+def format_md(res: dict) -> str:
+    """Sec. 5.2 answer formats (`ft ablate format`): overlap of the top set with the bare-value
+    format's, Jaccard and Spearman of tau, against the chance overlap."""
+    s = res["settings"]
+    lines = [
+        f"**Sec. 5.2 answer format** · model `{s['model']}` · task {s['task']} ({s['source']} reasoning) · "
+        f"top {round(100 * s['ratio'])}% of reasoning tokens · {res['used']} problems (of {res['problems']})",
+        "",
+        "| answer written as | overlap with bare value (mean ± std) | Jaccard | Spearman ρ of τ (mean ± std) |",
+        "|---|---|---|---|",
+    ]
+
+    def num(x, nd=2):
+        return "—" if x is None else f"{x:.{nd}f}"
+
+    for r in res["formats"].values():
+        lines.append(f"| {r['label']} | {num(r['overlap_mean'])} ± {num(r['overlap_std'])} | {num(r['jaccard_mean'])} | "
+                     f"{num(r['spearman_mean'])} ± {num(r['spearman_std'])} |")
+    lines += ["", f"Chance overlap of a random set of the same size: {num(res['chance_overlap'])}."]
+    return "\n".join(lines)
+
+
+RENDER = {"tokens": tokens_md, "format": format_md}
+
+
 def main(argv: list[str]) -> None:
     paper: dict[str, str] = {}
     folders = []
@@ -108,7 +163,12 @@ def main(argv: list[str]) -> None:
             folders.append(Path(a))
     for f in folders:
         res = json.loads((f / "results.json").read_text(encoding="utf-8"))
-        print(sweep_md(res, paper) if "variants" in res else intervene_md(res))
+        if "variants" in res:
+            print(sweep_md(res, paper))
+        elif res.get("experiment") in RENDER:
+            print(RENDER[res["experiment"]](res))
+        else:
+            print(intervene_md(res))
         print()
 
 

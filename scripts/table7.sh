@@ -6,8 +6,8 @@
 #
 # Usage: scripts/table7.sh [MODEL]
 #   env: PARTS (gamma,weighting), GAMMAS (0.5,1.0,1.5,2.0,3.0), WEIGHTINGS (binary,raw,tanh,sigmoid,mad,log1p,mass),
-#        MASSES (0.2,0.8; the paper's full row: 0.2,0.4,0.6,0.8), WEIGHTING_SEEDS (0; SEEDS is the
-#        gamma part's), OUT (runs/ablate/table7),
+#        MASSES (0.2,0.8; the paper's full row: 0.2,0.4,0.6,0.8), WEIGHTING_SEEDS (seeds of the
+#        continuous maps: VARIANT_SEEDS, else 0; GRPO and binary run SEEDS), OUT (runs/ablate/table7),
 #        T3 (runs/ablate/table3), and the shared settings of scripts/_countdown.sh
 # CPU (2 cores, default policy): see README. Rerunning skips finished runs.
 source "$(dirname "$0")/_countdown.sh"
@@ -24,7 +24,8 @@ if [[ ",$PARTS," == *,weighting,* ]]; then
     share "$T3" credit-flow "$OUT/weighting" w-binary
     share "$OUT/gamma" grpo "$OUT/weighting" grpo
     share "$OUT/gamma" gamma-1.5 "$OUT/weighting" w-binary
-    # one seed by default (7 new runs) so that the script finishes within the hour on a CPU
+    # the continuous maps on one seed by default (GRPO and binary keep SEEDS) so that the script
+    # finishes within a few hours on a CPU
     ft ablate weighting "${sweep[@]}" --weightings "${WEIGHTINGS:-binary,raw,tanh,sigmoid,mad,log1p,mass}" \
-        --masses "${MASSES:-0.2,0.8}" --seeds "${WEIGHTING_SEEDS:-0}" --out "$OUT/weighting"
+        --masses "${MASSES:-0.2,0.8}" --variant-seeds "${WEIGHTING_SEEDS:-${VARIANT_SEEDS:-0}}" --out "$OUT/weighting"
 fi

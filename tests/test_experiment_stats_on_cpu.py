@@ -48,7 +48,8 @@ def test_metric_stderr_is_over_problems_not_samples():
 
 def _variant(key, accs, baseline=False):
     return {"key": key, "label": key, "baseline": baseline,
-            "seeds": [{"seed": s, "avg": a, "stderr": {"countdown": 0.01}} for s, a in accs.items()]}
+            "seeds": [{"seed": s, "avg": a, "stderr": {"countdown": 0.01}, "sampling_stderr": {"countdown": 0.006}}
+                      for s, a in accs.items()]}
 
 
 def test_paired_vs_baseline_pairs_by_seed_and_reports_mdd():
@@ -78,4 +79,79 @@ def test_results_md_prints_interval_and_detectable_difference():
     lo, hi = flow["paired_vs_baseline"]["ci"]
     assert f"+2.7 [{100 * lo:+.1f}, {100 * hi:+.1f}]" in md
     assert "minimal detectable paired difference" in md and "3 seeds" in md
+    assert "noise floor of one evaluation (sampling alone, the problems fixed): standard error 0.60 points" in md
     assert "standard error per run" in md and "1.00 points" in md
+
+
+def test_variant_seeds_spare_only_the_reference_rows():
+    from ftcli.experiments.config import SweepConfig
+    from ftcli.experiments.sweep import seeds_for
+    from ftcli.experiments.variants import BASELINE, Variant
+
+    cfg = SweepConfig(seeds=(0, 1, 2, 3, 4), variant_seeds=(0,))
+    ref = [BASELINE, Variant("credit-flow", "FlowTracer", {"credit": "flow"}),
+           Variant("gamma-1.5", "g", {"credit": "flow", "gamma": 1.5}), Variant("layers-mid", "m", {"layers": "mid"})]
+    other = [Variant("credit-random", "Random", {"credit": "random"}), Variant("gamma-3", "g", {"gamma": 3.0}),
+             Variant("layers-late", "l", {"layers": "late"}), Variant("bottom-0.4", "b", {"select": "bottom"}),
+             Variant("w-mass", "w", {"weighting": "mass"})]
+    assert all(seeds_for(cfg, v) == (0, 1, 2, 3, 4) for v in ref)
+    assert all(seeds_for(cfg, v) == (0,) for v in other)
+    # a sweep whose base moves the default (gamma 3 for every row) makes gamma 3 the reference
+    cfg3 = SweepConfig(seeds=(0, 1), variant_seeds=(0,), base={"gamma": 3.0})
+    assert seeds_for(cfg3, Variant("gamma-3", "g", {"gamma": 3.0})) == (0, 1)
+    assert seeds_for(SweepConfig(seeds=(0, 1)), other[0]) == (0, 1)  # no --variant-seeds: all run all
+
+
+def _load_results_md():
+    spec = importlib.util.spec_from_file_location("results_md", REPO / "scripts" / "results_md.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_results_md_renders_the_section_5_2_tables():
+    md = _load_results_md()
+    settings = {"model": "m", "task": "gsm8k", "source": "gold", "ratio": 0.4}
+    tokens = {"experiment": "tokens", "settings": settings, "problems": 5, "used": 4,
+              "classes": {"structural": {"share_tokens": 0.3, "share_selected": 0.45, "selected_ci": [0.4, 0.5],
+                                         "share_tau": 0.5, "lift": 1.5},
+                          "semantic": {"share_tokens": 0.7, "share_selected": 0.55, "selected_ci": [0.5, 0.6],
+                                       "share_tau": 0.5, "lift": 0.55 / 0.7}},
+              "top_tokens": [{"token": "=", "rel_tau": 2.5}], "bottom_tokens": [{"token": "the", "rel_tau": 0.2}]}
+    out = md.tokens_md(tokens)
+    assert "| structural | 30.0 | 45.0 [40.0, 50.0] | 50.0 | 1.50 |" in out
+    assert "`=` (2.50)" in out and "`the` (0.20)" in out
+    fmt = {"experiment": "format", "settings": settings, "problems": 5, "used": 5, "chance_overlap": 0.4,
+           "formats": {"value": {"label": "bare value", "overlap_mean": 1.0, "overlap_std": 0.0, "jaccard_mean": 1.0,
+                                 "spearman_mean": 1.0, "spearman_std": 0.0}}}
+    out = md.format_md(fmt)
+    assert "| bare value | 1.00 ± 0.00 | 1.00 | 1.00 ± 0.00 |" in out and "0.40" in out
+
+
+def test_sampling_stderr_counts_only_the_noise_within_problems():
+    from ftcli.metrics import sampling_stderr
+
+    # problems always right or always wrong: the samples cannot disagree, no sampling noise
+    assert sampling_stderr("avg@4", [[True] * 4, [False] * 4]) == 0.0
+    # 2 problems, each 2 of 4 right: s^2 = .25 * 4/3 per problem, var of a mean of 4 = s^2 / 4
+    want = math.sqrt(2 * (0.25 * 4 / 3) / 4) / 2
+    assert sampling_stderr("avg@4", [[True, True, False, False]] * 2) == pytest.approx(want)
+    # it is the binomial standard error when every problem has the same p (on average)
+    rng = __import__("random").Random(0)
+    rows = [[rng.random() < 0.2 for _ in range(4)] for _ in range(4000)]
+    assert sampling_stderr("avg@4", rows) == pytest.approx(math.sqrt(0.2 * 0.8 / 16000), rel=0.05)
+    assert sampling_stderr("avg@1", [[True], [False]]) is None
+    assert sampling_stderr("pass@4", rows) is None
+
+
+def test_variant_seeds_option_parses_from_the_command_line():
+    from typer.testing import CliRunner
+
+    from ftcli.cli import app
+    from ftcli.commands.options import build
+    from ftcli.experiments.config import SweepConfig
+
+    assert build(SweepConfig, {"variant_seeds": "0,2"}).variant_seeds == (0, 2)
+    assert build(SweepConfig, {"variant_seeds": None}).variant_seeds is None
+    res = CliRunner().invoke(app, ["ablate", "gamma", "--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0 and "--variant-seeds" in res.output

@@ -63,7 +63,7 @@ def dataclass_params(cls, *, only: tuple[str, ...] | None = None, defaults: dict
         if meta.get("choices"):
             help_ += f" One of: {', '.join(meta['choices'])}."
         if typing.get_origin(tp) is tuple:
-            tp, default = str, ",".join(map(str, default))
+            tp, default = str, None if default is None else ",".join(map(str, default))
         decl = [f"{flag}/--no-{flag[2:]}"] if tp is bool else [flag, *meta.get("flags", ())]
         limits = {k: meta[k] for k in ("min", "max") if meta.get(k) is not None}
         ann = Optional[tp] if default is None else tp  # noqa: UP045 - typer needs a real typing object

@@ -104,6 +104,7 @@ def _sweep_job(job: dict, *, console=None, train_fn: Callable | None = None,
         "variant": job["variant"], "label": job["label"], "seed": job["seed"], "run_dir": str(run_dir),
         "eval": {b: e["value"] for b, e in doc["benchmarks"].items()},
         "stderr": {b: e.get("stderr") for b, e in doc["benchmarks"].items()},
+        "sampling_stderr": {b: e.get("sampling_stderr") for b, e in doc["benchmarks"].items()},
         "avg": doc["avg"]["value"], "train": _train_summary(run_dir),
         "bench_meta": {b: {"label": e.get("label", b), "metric": e["metric"], "protocol": e.get("protocol")}
                        for b, e in doc["benchmarks"].items()},
@@ -144,15 +145,17 @@ def run_sweep(cfg: SweepConfig, variants: Sequence[Variant], *, console=None,
     suite = cfg.eval_suite or probe.task
     eval_over = {"max_new_tokens": probe.max_new_tokens, **cfg.eval_overrides}
     settings = {"name": cfg.name, "preset": cfg.preset, "base": cfg.base, "seeds": list(cfg.seeds),
+                "variant_seeds": None if cfg.variant_seeds is None else list(cfg.variant_seeds),
                 "model": probe.model, "task": probe.task, "steps": probe.steps,
                 "eval_suite": suite, "eval_limit": cfg.eval_limit, "eval_overrides": eval_over}
-    guard_settings(out, settings, ignore=("seeds",))
+    guard_settings(out, settings, ignore=("seeds", "variant_seeds"))
     for v in variants:  # fail before any training if a variant's options are invalid
         resolve_config(cfg.preset, **{**cfg.base, **v.train, "seed": cfg.seeds[0], "out": str(out)})
-    n_jobs = len(variants) * len(cfg.seeds)
+    seeds_of = {v.key: seeds_for(cfg, v) for v in variants}
+    n_jobs = sum(len(s) for s in seeds_of.values())
     job_list = []
     for v in variants:
-        for seed in cfg.seeds:
+        for seed in seeds_of[v.key]:
             run_dir = out / "runs" / v.key / f"seed{seed}"
             job_list.append({
                 "head": f"[{len(job_list) + 1}/{n_jobs}] {cfg.name} · {v.label} · seed {seed}",
@@ -180,6 +183,24 @@ def run_sweep(cfg: SweepConfig, variants: Sequence[Variant], *, console=None,
     res["seconds"] = round(time.time() - t_start, 1)
     _write_sweep(out, res)
     return res
+
+
+def is_reference(v: Variant, cfg: SweepConfig) -> bool:
+    """GRPO (the baseline) or FlowTracer with every credit option at the sweep's default: the
+    rows that every table shares, which always run all of --seeds."""
+    if v.baseline:
+        return True
+    mine = resolve_config(cfg.preset, **{**cfg.base, **v.train})
+    ref = resolve_config(cfg.preset, **{**cfg.base, "credit": "flow"})
+    keys = ("credit", *ref.credit_options_kwargs(), "layers", "credit_tokens", "credit_pass")
+    return all(getattr(mine, k) == getattr(ref, k) for k in keys)
+
+
+def seeds_for(cfg: SweepConfig, v: Variant) -> tuple[int, ...]:
+    """--seeds for the reference rows, --variant-seeds (when given) for the others."""
+    if cfg.variant_seeds is None or is_reference(v, cfg):
+        return tuple(cfg.seeds)
+    return tuple(cfg.variant_seeds)
 
 
 def _aggregate(cfg: SweepConfig, variants: Sequence[Variant], rows: list[dict], bench_meta: dict, settings: dict) -> dict:
