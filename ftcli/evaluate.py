@@ -30,7 +30,13 @@ from ftcli import get_task
 from ftcli.evaluation import sample_task
 from ftcli.generation import get_backend
 from ftcli.io import atomic_write_json, atomic_write_text, read_jsonl
-from ftcli.metrics import compute_metric, disagreement_rate, metric_stderr, sampling_stderr, standard_metrics
+from ftcli.metrics import (
+    compute_metric,
+    disagreement_rate,
+    metric_stderr,
+    sampling_stderr,
+    standard_metrics,
+)
 from ftcli.models import DEFAULT_MODEL, load_model, load_tokenizer, resolve_model, torch_dtype
 from ftcli.suites import Benchmark, EvalError, apply_overrides, load_suite
 from ftcli.tasks.loading import describe_data, task_data_options
