@@ -64,6 +64,10 @@ qwen-coder: setup
 lint:
     {{python}} -m ruff check ftcli tasks evals tests bench examples scripts
 
+# Print every table of RESULTS.md from the committed results/*/results.json (no rerun).
+results:
+    {{python}} scripts/results_md.py results/*/
+
 # Reproduce one table of the paper: `just table 3 [MODEL]` runs scripts/table3.sh.
 table n model="": setup
     scripts/table{{n}}.sh {{model}}

@@ -66,8 +66,9 @@ def sweep_md(res: dict, paper: dict[str, str]) -> str:
         notes.append(f"evaluation standard error per run (over problems): median {100 * sorted(ses)[len(ses) // 2]:.2f} points")
     if mdds:
         mdds.sort()
-        notes.append(f"minimal detectable paired difference (80% power, two-sided 5%, {len(s['seeds'])} seeds): "
-                     f"{100 * mdds[0]:.1f}-{100 * mdds[-1]:.1f} points across variants (median {100 * mdds[len(mdds) // 2]:.1f})")
+        span = (f"{100 * mdds[0]:.1f} points" if len(mdds) == 1 else
+                f"{100 * mdds[0]:.1f}-{100 * mdds[-1]:.1f} points across variants (median {100 * mdds[len(mdds) // 2]:.1f})")
+        notes.append(f"minimal detectable paired difference (80% power, two-sided 5%, {len(s['seeds'])} seeds): {span}")
     if notes:
         lines += ["", "; ".join(notes) + "."]
     return "\n".join(lines)
@@ -148,6 +149,18 @@ def format_md(res: dict) -> str:
     return "\n".join(lines)
 
 
+def eval_md(res: dict) -> str:
+    """One `ft eval` results.json (e.g. the starting policy): a line per benchmark."""
+    lines = []
+    for b, e in res["benchmarks"].items():
+        sse = e.get("sampling_stderr")
+        lines.append(f"**{e.get('label', b)}** · model `{res.get('model', '?')}` · {e['metric']} = {_pct(e['value'], 2)}% "
+                     f"(standard error over problems {_pct(e.get('stderr'), 2)}"
+                     + ("" if sse is None else f", sampling alone {_pct(sse, 2)}")
+                     + f"; {e['n_problems']} problems, {e['n_samples']} samples)")
+    return "\n".join(lines)
+
+
 RENDER = {"tokens": tokens_md, "format": format_md}
 
 
@@ -165,6 +178,8 @@ def main(argv: list[str]) -> None:
         res = json.loads((f / "results.json").read_text(encoding="utf-8"))
         if "variants" in res:
             print(sweep_md(res, paper))
+        elif "benchmarks" in res and "arms" not in res:
+            print(eval_md(res))
         elif res.get("experiment") in RENDER:
             print(RENDER[res["experiment"]](res))
         else:

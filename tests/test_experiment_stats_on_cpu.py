@@ -155,3 +155,12 @@ def test_variant_seeds_option_parses_from_the_command_line():
     assert build(SweepConfig, {"variant_seeds": None}).variant_seeds is None
     res = CliRunner().invoke(app, ["ablate", "gamma", "--help"], env={"COLUMNS": "200"})
     assert res.exit_code == 0 and "--variant-seeds" in res.output
+
+
+def test_results_md_renders_a_plain_evaluation():
+    md = _load_results_md()
+    res = {"model": "default-policy", "benchmarks": {"countdown-mixed": {
+        "label": "Countdown 3+4", "metric": "avg@4", "value": 0.1445, "stderr": 0.0081, "sampling_stderr": 0.0046,
+        "n_problems": 1024, "n_samples": 4096}}}
+    out = md.eval_md(res)
+    assert "avg@4 = 14.45%" in out and "over problems 0.81" in out and "sampling alone 0.46" in out
