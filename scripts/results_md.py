@@ -30,7 +30,9 @@ def sweep_md(res: dict, paper: dict[str, str]) -> str:
     meta = res["benchmarks"][bench]
     lines = [
         f"**{res['experiment']}** · model `{s['model']}` · task {s['task']}, {s['steps']} steps · "
-        f"seeds {', '.join(map(str, s['seeds']))} · eval {meta.get('label', bench)} {meta['metric']}, "
+        f"seeds {', '.join(map(str, s['seeds']))}"
+        + (f" (other rows: {', '.join(map(str, s['variant_seeds']))})" if s.get("variant_seeds") else "")
+        + f" · eval {meta.get('label', bench)} {meta['metric']}, "
         f"first {s['eval_limit']} test problems · {res.get('seconds', '?')} s for the runs not reused",
         "",
         "| variant | test accuracy % (mean ± std) | per seed | Δ vs GRPO, paired [95% CI] | train reward (last 3 steps) | s/step | paper |",
@@ -45,6 +47,8 @@ def sweep_md(res: dict, paper: dict[str, str]) -> str:
         pd = v.get("paired_vs_baseline")
         if v["baseline"]:
             delta = ""
+        elif pd and pd.get("n") == 1:
+            delta = f"{100 * pd['mean']:+.1f} (seed {pd['seeds'][0]} only)"
         elif pd and pd.get("ci"):
             delta = f"{100 * pd['mean']:+.1f} [{100 * pd['ci'][0]:+.1f}, {100 * pd['ci'][1]:+.1f}]"
             if pd.get("mdd") is not None:
@@ -55,7 +59,8 @@ def sweep_md(res: dict, paper: dict[str, str]) -> str:
         rew, sps = v["train"].get("reward_last"), v["train"].get("time_step")
         rew = "—" if rew is None else f"{rew:.3f}"
         sps = "—" if sps is None else f"{sps:.1f}"
-        lines.append(f"| {v['label']} | {_pct(a['mean'])} ± {_pct(a['std'])} | {seeds} | {delta} | {rew} | {sps} | "
+        spread = f"{_pct(a['mean'])} (1 seed)" if len(v["seeds"]) == 1 else f"{_pct(a['mean'])} ± {_pct(a['std'])}"
+        lines.append(f"| {v['label']} | {spread} | {seeds} | {delta} | {rew} | {sps} | "
                      f"{paper.get(v['label'], '—')} |")
     notes = []
     if sses:

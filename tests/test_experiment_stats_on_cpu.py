@@ -164,3 +164,19 @@ def test_results_md_renders_a_plain_evaluation():
         "n_problems": 1024, "n_samples": 4096}}}
     out = md.eval_md(res)
     assert "avg@4 = 14.45%" in out and "over problems 0.81" in out and "sampling alone 0.46" in out
+
+
+def test_results_md_marks_one_seed_rows_as_descriptive():
+    md = _load_results_md()
+    base = _variant("none", {0: 0.20, 1: 0.22, 2: 0.21}, baseline=True)
+    one = _variant("late", {0: 0.17})
+    for v in (base, one):
+        xs = [r["avg"] for r in v["seeds"]]
+        v.update(avg={"mean": sum(xs) / len(xs), "std": 0.0}, train={})
+    one["paired_vs_baseline"] = paired_vs_baseline(one, base)
+    res = {"experiment": "layers", "settings": {"model": "m", "task": "countdown", "steps": 4, "seeds": [0, 1, 2],
+                                                  "variant_seeds": [0], "eval_limit": 1024},
+           "benchmarks": {"countdown": {"metric": "avg@4"}}, "variants": [base, one]}
+    out = md.sweep_md(res, {})
+    assert "seeds 0, 1, 2 (other rows: 0)" in out
+    assert "| late | 17.0 (1 seed) | 17.0 | -3.0 (seed 0 only) |" in out
