@@ -151,8 +151,9 @@ def sampling_stderr(name: str, correct: Sequence[Sequence[bool]]) -> float | Non
     """Noise of an avg@k evaluation from the sampling alone, the problems held fixed: the
     standard error sqrt(sum_i s_i^2 / k) / N, with s_i^2 = p_i (1 - p_i) k / (k - 1) the unbiased
     within-problem variance of problem i's k samples (p_i its fraction correct). This is the
-    part of the spread that more samples per problem remove; two models compared on the same
-    problems differ by at least this much by chance. None for other metrics or k < 2."""
+    part of the spread that more samples per problem remove; the difference of two such
+    evaluations on the same problems has about sqrt(2) times this standard error from sampling
+    alone. None for other metrics or k < 2."""
     if not name.startswith("avg@") or not correct:
         return None
     k = int(name.split("@", 1)[1])
