@@ -24,6 +24,10 @@ def _pct(x, nd: int = 1) -> str:
     return "—" if x is None else f"{100 * x:.{nd}f}"
 
 
+def _median(xs: list[float]) -> float:
+    return sorted(xs)[len(xs) // 2]
+
+
 def sweep_md(res: dict, paper: dict[str, str]) -> str:
     s = res["settings"]
     bench = next(iter(res["benchmarks"]))
@@ -64,15 +68,14 @@ def sweep_md(res: dict, paper: dict[str, str]) -> str:
                      f"{paper.get(v['label'], '—')} |")
     notes = []
     if sses:
-        sses.sort()
         notes.append(f"noise floor of one evaluation (sampling alone, the problems fixed): standard error "
-                     f"{100 * sses[len(sses) // 2]:.2f} points (median over runs)")
+                     f"{100 * _median(sses):.2f} points (median over runs)")
     if ses:
-        notes.append(f"evaluation standard error per run (over problems): median {100 * sorted(ses)[len(ses) // 2]:.2f} points")
+        notes.append(f"evaluation standard error per run (over problems): median {100 * _median(ses):.2f} points")
     if mdds:
         mdds.sort()
         span = (f"{100 * mdds[0]:.1f} points" if len(mdds) == 1 else
-                f"{100 * mdds[0]:.1f}-{100 * mdds[-1]:.1f} points across variants (median {100 * mdds[len(mdds) // 2]:.1f})")
+                f"{100 * mdds[0]:.1f}-{100 * mdds[-1]:.1f} points across variants (median {100 * _median(mdds):.1f})")
         notes.append(f"minimal detectable paired difference (80% power, two-sided 5%, {len(s['seeds'])} seeds): {span}")
     if notes:
         lines += ["", "; ".join(notes) + "."]
