@@ -22,6 +22,8 @@
 #   LIMIT        first N test problems (1024: all)  EVAL_N  samples per problem (4)
 #   SEEDS        (0,1,2,3,4)    JOBS   runs at once (2)
 #   VARIANT_SEEDS  seeds of the rows other than GRPO and default FlowTracer (default: SEEDS)
+#   REFERENCE    results.json of a finished sweep with these settings (results/table3/results.json):
+#                its GRPO and FlowTracer seeds are reused, not retrained (on a machine without runs/)
 #   STEPS        optimizer steps per run (80)     PROMPTS prompts per step (8; x 8 responses)
 #   PRESET       (cpu)                            EXTRA   more `ft ablate` options
 #   DATA_ROOT    folder with the benchmark files (default: $FT_DATA, else the data cache)
@@ -37,6 +39,7 @@ sweep=(--task "$TASK" --eval-suite "$SUITE" --eval-limit "${LIMIT:-1024}" --eval
        --set val_every=0 --set train_size=0 -q)
 [[ "$TASK" == countdown ]] && sweep+=(--data-source files)
 [[ -n "${VARIANT_SEEDS:-}" ]] && sweep+=(--variant-seeds "$VARIANT_SEEDS")
+[[ -n "${REFERENCE:-}" ]] && sweep+=(--reference "$REFERENCE")
 [[ -n "$MODEL" ]] && sweep+=(--model "$MODEL")
 [[ -n "${DATA_ROOT:-}" ]] && sweep+=(--data-root "$DATA_ROOT")
 # shellcheck disable=SC2206

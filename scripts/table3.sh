@@ -9,8 +9,10 @@
 #
 # Usage: scripts/table3.sh [MODEL]
 #   env: RULES (none,random,entropy,gradient,correlation,attention,flow), OUT (runs/ablate/table3), and the shared
-#        settings of scripts/_countdown.sh (SEEDS 0,1,2, JOBS 2, STEPS 16, SUITE, LIMIT 300, ...)
-# CPU (2 cores, default policy): see README (21 runs). Rerunning skips finished runs.
+#        settings of scripts/_countdown.sh (SEEDS 0,1,2,3,4, VARIANT_SEEDS, JOBS 2, STEPS 80,
+#        SUITE countdown-mixed, LIMIT 1024, EVAL_N 4, ...)
+# CPU (2 cores, default policy): 35 runs, times in README. Rerunning skips finished runs, so
+# VARIANT_SEEDS=0,1,2 then the default adds seeds in steps that each leave a complete table.
 source "$(dirname "$0")/_countdown.sh"
 ft ablate credit "${sweep[@]}" --rules "${RULES:-none,random,entropy,gradient,correlation,attention,flow}" \
     --out "${OUT:-runs/ablate/table3}"

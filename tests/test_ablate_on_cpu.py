@@ -4,6 +4,7 @@ Wilson interval by hand, and every ablation command end to end on a tiny random 
 toy task (toy scale: one training step, two eval problems)."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -352,6 +353,37 @@ def test_cli_training_sweeps(toy, tmp_path):
 
     bad = runner.invoke(app, ["ablate", "weighting", "--weightings", "cubic", "--out", str(tmp_path / "x")])
     assert bad.exit_code != 0 and "cubic" in bad.output
+
+
+def test_reference_rows_come_from_an_earlier_sweep(toy, tmp_path):
+    """--reference: a table pairs its new rows with GRPO and FlowTracer from an earlier sweep's
+    results.json (only the file: the runs themselves may be gone) instead of training them."""
+    suite = tmp_path / "toy.toml"
+    suite.write_text(SUITE)
+    _, first, first_out = _sweep("credit", tmp_path, suite, "--rules", "none,flow", "--seeds", "0,1")
+    ref = tmp_path / "committed.json"
+    ref.write_text((first_out / "results.json").read_text())
+    shutil.rmtree(first_out)  # another machine: only the committed file is left
+    text, res, out = _sweep("ratio", tmp_path, suite, "--ratios", "0.4,0.5", "--select", "top",
+                            "--seeds", "0,1", "--variant-seeds", "0", "--reference", str(ref))
+    assert "4 runs taken from" in text
+    by = {v["key"]: v for v in res["variants"]}
+    assert list(by) == ["grpo", "top-0.4", "top-0.5"]
+    old = {v["key"]: v for v in first["variants"]}
+    # GRPO and the default FlowTracer (top 40%) are the earlier runs, seed by seed; nothing trained
+    for key, was in (("grpo", "credit-none"), ("top-0.4", "credit-flow")):
+        assert [(r["seed"], r["avg"]) for r in by[key]["seeds"]] == [(r["seed"], r["avg"]) for r in old[was]["seeds"]]
+        assert all(r["reference"] == str(ref) for r in by[key]["seeds"])
+        assert not (out / "runs" / key).exists()
+    assert [r["seed"] for r in by["top-0.5"]["seeds"]] == [0] and (out / "runs" / "top-0.5" / "seed0").is_dir()
+    assert by["top-0.5"]["paired_vs_baseline"]["seeds"] == [0]
+    # other settings than the reference's: one line, before any training
+    bad = runner.invoke(app, ["ablate", "ratio", "--model", "tiny-qwen3", "--task", "abl-toy", "--steps", "2",
+                              "--prompts", "1", "--group-size", "2", "--max-new-tokens", "4", "--eval-suite",
+                              str(suite), "--eval-limit", "2", "--ratios", "0.5", "--reference", str(ref),
+                              "--out", str(tmp_path / "bad"), "-q"])
+    assert bad.exit_code != 0 and "other settings (base, steps)" in bad.output
+    assert not (tmp_path / "bad" / "runs").exists()
 
 
 def test_cli_tokens_train_and_overhead(toy, tmp_path):

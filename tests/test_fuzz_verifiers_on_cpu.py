@@ -1,9 +1,11 @@
 """Every verifier over the committed corpus of hostile outputs (tests/fuzz, issue 12).
 
 Zero false accepts on the must-reject rows, nothing executed, and every call (extraction
-included) returns within `CALL_BOUND_S` seconds of wall time: a bound on the worst case that
-the CPU budgets and screens guarantee (tasks/grading.py: at most 1.5 s of CPU per grader),
-not a speed measurement (bench/ measures speed).
+included) returns within a bound of wall time: the worst case that the CPU budgets, screens
+and wall cap guarantee (tasks/grading.py: at most 1.5 s of CPU per grader, 5.5 s of wall time
+per request), not a speed measurement (bench/ measures speed). A request that follows a killed
+worker also waits for its replacement to import, so the bound adds the start-up of a worker,
+measured by the fixture under the machine's load at the time.
 """
 
 import json
@@ -12,13 +14,14 @@ import time
 from pathlib import Path
 
 import pytest
+from ftcli.tasks import grading
 
 from ftcli import get_task
 
 sys.path.insert(0, str(Path(__file__).parent / "fuzz"))
 from make_corpus import CORPUS, huge_outputs  # noqa: E402
 
-CALL_BOUND_S = 6.0
+SLACK_S = 0.5  # Python-side extraction and pipe overhead around a request
 TASKS = ("math", "gsm8k", "crossthinkqa", "countdown")
 # verifier -> the task whose golds it reads (math also with the no-box fallback)
 VERIFIERS = {
@@ -54,6 +57,19 @@ def tasks():
     }
 
 
+@pytest.fixture(scope="module")
+def call_bound():
+    """Seconds one verifier call may take: the wall cap of a grading request, plus the start-up
+    of a replacement worker (twice the one measured here: a fresh worker's first request)."""
+    grading.shutdown()
+    start = time.monotonic()
+    assert grading.grade_answer("1", "1") == {g: True for g in grading.GRADERS}
+    startup = time.monotonic() - start
+    bound = grading.DEFAULT_WALL_S + 2 * startup + SLACK_S
+    print(f"worker start-up {startup:.2f}s -> call bound {bound:.2f}s")
+    return bound
+
+
 def _timed(fn, *args):
     start = time.monotonic()
     value = fn(*args)
@@ -67,7 +83,7 @@ def test_corpus_is_large_and_has_must_reject_rows():
     assert {r["task"] for r in rows} == set(TASKS)
 
 
-def test_every_verifier_over_the_corpus(tasks, tmp_path):
+def test_every_verifier_over_the_corpus(tasks, call_bound, tmp_path):
     canary = tmp_path / "canary"
     rows = [json.loads(line) for line in CORPUS.read_text(encoding="utf-8").splitlines()]
     false_accepts, slow = [], []
@@ -84,7 +100,7 @@ def test_every_verifier_over_the_corpus(tasks, tmp_path):
                 times.append(reward_s)
             for s in times:
                 worst = max(worst, (s, row["id"]), key=lambda w: w[0])
-                if s > CALL_BOUND_S:
+                if s > call_bound:
                     slow.append((row["id"], name, round(s, 2)))
             if kind == row["task"] and row["must_reject"]:
                 full_reward = reward >= 1.0 if name in ("countdown", "crossthinkqa") else False
@@ -97,7 +113,7 @@ def test_every_verifier_over_the_corpus(tasks, tmp_path):
 
 
 @pytest.mark.parametrize("name", sorted(huge_outputs()))
-def test_huge_outputs_built_at_test_time(tasks, name):
+def test_huge_outputs_built_at_test_time(tasks, call_bound, name):
     response = huge_outputs()[name]()
     for task_name, kind in VERIFIERS.items():
         task = tasks[task_name]
@@ -106,5 +122,5 @@ def test_huge_outputs_built_at_test_time(tasks, name):
             _timed(task.answer_span, response)[1],
             _timed(task.grade, response, sample)[1],
         ):
-            assert seconds < CALL_BOUND_S, (task_name, seconds)
+            assert seconds < call_bound, (task_name, seconds)
         assert task.verify(response, sample) is False

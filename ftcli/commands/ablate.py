@@ -122,7 +122,7 @@ def _train_params() -> list[inspect.Parameter]:
 def _common_sweep_params() -> list[inspect.Parameter]:
     return [
         *_train_params(),
-        *dataclass_params(SweepConfig, only=("preset", "seeds", "variant_seeds")),
+        *dataclass_params(SweepConfig, only=("preset", "seeds", "variant_seeds", "reference")),
         param("set_", Optional[list[str]], typer.Option(None, "--set", help="Any other ft train option, KEY=VALUE (repeatable), e.g. --set temperature=0.99.", rich_help_panel=TRAIN_PANEL)),  # noqa: UP045
         param("baseline", bool, typer.Option(True, "--baseline/--no-baseline", help="Also train plain GRPO (credit none) as the reference row.", rich_help_panel=TRAIN_PANEL)),
         *dataclass_params(SweepConfig, only=("eval_suite", "eval_limit")),

@@ -147,15 +147,22 @@ def run_sweep(cfg: SweepConfig, variants: Sequence[Variant], *, console=None,
     settings = {"name": cfg.name, "preset": cfg.preset, "base": cfg.base, "seeds": list(cfg.seeds),
                 "variant_seeds": None if cfg.variant_seeds is None else list(cfg.variant_seeds),
                 "model": probe.model, "task": probe.task, "steps": probe.steps,
-                "eval_suite": suite, "eval_limit": cfg.eval_limit, "eval_overrides": eval_over}
-    guard_settings(out, settings, ignore=("seeds", "variant_seeds"))
+                "eval_suite": suite, "eval_limit": cfg.eval_limit, "eval_overrides": eval_over,
+                "reference": cfg.reference}
+    guard_settings(out, settings, ignore=("seeds", "variant_seeds", "reference"))
     for v in variants:  # fail before any training if a variant's options are invalid
         resolve_config(cfg.preset, **{**cfg.base, **v.train, "seed": cfg.seeds[0], "out": str(out)})
     seeds_of = {v.key: seeds_for(cfg, v) for v in variants}
-    n_jobs = sum(len(s) for s in seeds_of.values())
-    job_list = []
+    imported = reference_rows(cfg, settings, variants, seeds_of) if cfg.reference else {}
+    if imported:
+        console.print(f"{cfg.name}: {len(imported)} runs taken from {cfg.reference}")
+    n_jobs = sum(len(s) for s in seeds_of.values()) - len(imported)
+    job_list, order = [], []
     for v in variants:
         for seed in seeds_of[v.key]:
+            order.append((v.key, seed))
+            if (v.key, seed) in imported:
+                continue
             run_dir = out / "runs" / v.key / f"seed{seed}"
             job_list.append({
                 "head": f"[{len(job_list) + 1}/{n_jobs}] {cfg.name} · {v.label} · seed {seed}",
@@ -167,7 +174,7 @@ def run_sweep(cfg: SweepConfig, variants: Sequence[Variant], *, console=None,
                 "eval_batch_size": cfg.eval_batch_size, "progress": cfg.progress and jobs == 1,
             })
     t_start = time.time()
-    if jobs == 1:
+    if jobs == 1 or not job_list:
         results_rows = [_sweep_job(j, console=console, train_fn=train_fn, eval_fn=eval_fn) for j in job_list]
     else:
         console.print(f"{cfg.name}: {n_jobs} runs, {jobs} at a time")
@@ -176,24 +183,77 @@ def run_sweep(cfg: SweepConfig, variants: Sequence[Variant], *, console=None,
         with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), **fresh) as pool:
             futures = [pool.submit(_sweep_worker, j) for j in job_list]
             results_rows = [f.result() for f in futures]
-    bench_meta = results_rows[-1].pop("bench_meta")
+    bench_meta = results_rows[-1].pop("bench_meta") if results_rows else _reference_bench_meta(cfg.reference)
     for r in results_rows:
         r.pop("bench_meta", None)
+    trained = {(r["variant"], r["seed"]): r for r in results_rows}
+    results_rows = [imported.get(k) or trained[k] for k in order]  # variant by variant, seeds in order
     res = _aggregate(cfg, variants, results_rows, bench_meta, settings)
     res["seconds"] = round(time.time() - t_start, 1)
     _write_sweep(out, res)
     return res
 
 
+def _credit_identity(cfg: SweepConfig, train: dict) -> tuple:
+    """The options that tell one row's credit from another's, resolved against the sweep's base."""
+    c = resolve_config(cfg.preset, **{**cfg.base, **train})
+    keys = ("credit", *c.credit_options_kwargs(), "layers", "credit_tokens", "credit_pass")
+    return tuple((k, getattr(c, k)) for k in keys)
+
+
 def is_reference(v: Variant, cfg: SweepConfig) -> bool:
     """GRPO (the baseline) or FlowTracer with every credit option at the sweep's default: the
     rows that every table shares, which always run all of --seeds."""
-    if v.baseline:
-        return True
-    mine = resolve_config(cfg.preset, **{**cfg.base, **v.train})
-    ref = resolve_config(cfg.preset, **{**cfg.base, "credit": "flow"})
-    keys = ("credit", *ref.credit_options_kwargs(), "layers", "credit_tokens", "credit_pass")
-    return all(getattr(mine, k) == getattr(ref, k) for k in keys)
+    return v.baseline or _credit_identity(cfg, v.train) == _credit_identity(cfg, {"credit": "flow"})
+
+
+# What must agree between a sweep and its --reference for their runs to be the same runs.
+_REFERENCE_KEYS = ("preset", "base", "model", "task", "steps", "eval_suite", "eval_limit", "eval_overrides")
+
+
+def _read_reference(path: str) -> dict:
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"--reference {path}: not a readable results.json ({e})") from None
+    if not isinstance(doc, dict) or "variants" not in doc or "settings" not in doc:
+        raise ValueError(f"--reference {path}: not the results.json of an `ft ablate` training sweep")
+    return doc
+
+
+def _reference_bench_meta(path: str | None) -> dict:
+    return _read_reference(path)["benchmarks"] if path else {}
+
+
+def reference_rows(cfg: SweepConfig, settings: dict, variants: Sequence[Variant],
+                   seeds_of: dict[str, tuple[int, ...]]) -> dict[tuple[str, int], dict]:
+    """`{(variant key, seed): results row}` for the reference rows (`is_reference`) whose seeds
+    an earlier sweep's results.json (`cfg.reference`) already holds: the same training and
+    evaluation settings (the folder with the data aside) and the same credit options make them
+    the same runs, so a table can pair its new rows with them without training them again
+    (on another machine, from the committed results/). Each row keeps its `run_dir` as it was
+    and says where it came from (`reference`)."""
+    doc = _read_reference(cfg.reference)
+    theirs = doc["settings"]
+
+    def comparable(s: dict, key: str):
+        v = s.get(key)
+        return {k: x for k, x in v.items() if k != "data_root"} if key == "base" and isinstance(v, dict) else v
+
+    diff = [k for k in _REFERENCE_KEYS if comparable(theirs, k) != comparable(settings, k)]
+    if diff:
+        raise ValueError(f"--reference {cfg.reference} was made with other settings ({', '.join(diff)})")
+    out = {}
+    for v in variants:
+        if not is_reference(v, cfg):
+            continue
+        mine = _credit_identity(cfg, v.train)
+        match = next((rv for rv in doc["variants"]
+                      if _credit_identity(cfg, rv.get("train_options") or {}) == mine), None)
+        for r in (match or {}).get("seeds", []):
+            if r.get("seed") in seeds_of[v.key] and r.get("avg") is not None:
+                out[(v.key, r["seed"])] = {**r, "variant": v.key, "label": v.label, "reference": str(cfg.reference)}
+    return out
 
 
 def seeds_for(cfg: SweepConfig, v: Variant) -> tuple[int, ...]:
@@ -251,7 +311,8 @@ def _write_sweep(out: Path, res: dict) -> None:
             rows.append([v["key"], v["label"], r["seed"], *[r["eval"].get(b) for b in benches], r["avg"],
                          t.get("reward_last"), t.get("frac_credited"), t.get("time_step")])
     write_csv(out / "results.csv", rows)
-    runs = {v["label"]: [r["run_dir"] for r in v["seeds"]] for v in res["variants"]}
+    # rows taken from a --reference keep their run_dir, which may be on another machine
+    runs = {v["label"]: [r["run_dir"] for r in v["seeds"] if Path(r["run_dir"]).exists()] for v in res["variants"]}
     training_curves(runs, out / "curves.png", title=res["experiment"])
     labels = [v["label"] for v in res["variants"]]
     means = [100 * (v["avg"]["mean"] or 0.0) for v in res["variants"]]
