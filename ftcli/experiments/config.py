@@ -97,7 +97,7 @@ class SweepConfig:
     preset: str = option("cpu", "ft train preset (cpu, paper).", "Training (same for every variant)")
     seeds: tuple[int, ...] = option((0,), "Comma list of seeds; every variant runs each.", "Training (same for every variant)")
     variant_seeds: tuple[int, ...] | None = option(None, "Seeds of the variants other than the reference rows (GRPO and FlowTracer with the default credit options), when CPU time allows fewer; default: --seeds.", "Training (same for every variant)")
-    reference: str | None = option(None, "results.json of an earlier sweep with the same settings (e.g. results/table3/results.json): the reference rows' seeds found there are taken from it instead of being trained again.", "Training (same for every variant)")
+    reference: str | None = option(None, "results.json of an earlier sweep with the same settings (e.g. results/table3/results.json): its GRPO and default FlowTracer runs are taken from it (seeds it has) instead of being trained again.", "Training (same for every variant)")
     eval_suite: str | None = option(None, "Suite for ft eval (default: the task's).", "Evaluation")
     eval_limit: int | None = option(64, "First N problems of each benchmark.", "Evaluation", min=1)
     eval_overrides: dict = option(None, "n, temperature, top_p, top_k, max_new_tokens, seed of the suite.", cli=False, default_factory=dict)
