@@ -35,7 +35,7 @@ def sweep_md(res: dict, paper: dict[str, str]) -> str:
     lines = [
         f"**{res['experiment']}** · model `{s['model']}` · task {s['task']}, {s['steps']} steps · "
         f"seeds {', '.join(map(str, s['seeds']))}"
-        + (f" (other rows: {', '.join(map(str, s['variant_seeds']))})" if s.get("variant_seeds") else "")
+        + (f" (other rows: {', '.join(map(str, s['variant_seeds']))})" if s.get("variant_seeds") and s["variant_seeds"] != s["seeds"] else "")
         + f" · eval {meta.get('label', bench)} {meta['metric']}, "
         f"first {s['eval_limit']} test problems · {res.get('seconds', '?')} s for the runs not reused",
         "",

@@ -180,3 +180,5 @@ def test_results_md_marks_one_seed_rows_as_descriptive():
     out = md.sweep_md(res, {})
     assert "seeds 0, 1, 2 (other rows: 0)" in out
     assert "| late | 17.0 (1 seed) | 17.0 | -3.0 (seed 0 only) |" in out
+    res["settings"]["variant_seeds"] = [0, 1, 2]  # every row on every seed: nothing to point out
+    assert "seeds 0, 1, 2 · eval" in md.sweep_md(res, {})
