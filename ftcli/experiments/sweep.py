@@ -153,7 +153,7 @@ def run_sweep(cfg: SweepConfig, variants: Sequence[Variant], *, console=None,
     for v in variants:  # fail before any training if a variant's options are invalid
         resolve_config(cfg.preset, **{**cfg.base, **v.train, "seed": cfg.seeds[0], "out": str(out)})
     seeds_of = {v.key: seeds_for(cfg, v) for v in variants}
-    imported = reference_rows(cfg, settings, variants, seeds_of) if cfg.reference else {}
+    imported, ref_meta = reference_rows(cfg, settings, variants, seeds_of) if cfg.reference else ({}, {})
     if imported:
         console.print(f"{cfg.name}: {len(imported)} runs taken from {cfg.reference}")
     n_jobs = sum(len(s) for s in seeds_of.values()) - len(imported)
@@ -183,7 +183,7 @@ def run_sweep(cfg: SweepConfig, variants: Sequence[Variant], *, console=None,
         with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), **fresh) as pool:
             futures = [pool.submit(_sweep_worker, j) for j in job_list]
             results_rows = [f.result() for f in futures]
-    bench_meta = results_rows[-1].pop("bench_meta") if results_rows else _reference_bench_meta(cfg.reference)
+    bench_meta = results_rows[-1].pop("bench_meta") if results_rows else ref_meta
     for r in results_rows:
         r.pop("bench_meta", None)
     trained = {(r["variant"], r["seed"]): r for r in results_rows}
@@ -221,13 +221,9 @@ def _read_reference(path: str) -> dict:
     return doc
 
 
-def _reference_bench_meta(path: str | None) -> dict:
-    return _read_reference(path)["benchmarks"] if path else {}
-
-
 def reference_rows(cfg: SweepConfig, settings: dict, variants: Sequence[Variant],
-                   seeds_of: dict[str, tuple[int, ...]]) -> dict[tuple[str, int], dict]:
-    """`{(variant key, seed): results row}` for the reference rows (`is_reference`) whose seeds
+                   seeds_of: dict[str, tuple[int, ...]]) -> tuple[dict[tuple[str, int], dict], dict]:
+    """(`{(variant key, seed): results row}`, the file's benchmark metadata) for the reference rows (`is_reference`) whose seeds
     an earlier sweep's results.json (`cfg.reference`) already holds: the same training and
     evaluation settings (the folder with the data aside) and the same credit options make them
     the same runs, so a table can pair its new rows with them without training them again
@@ -253,7 +249,7 @@ def reference_rows(cfg: SweepConfig, settings: dict, variants: Sequence[Variant]
         for r in (match or {}).get("seeds", []):
             if r.get("seed") in seeds_of[v.key] and r.get("avg") is not None:
                 out[(v.key, r["seed"])] = {**r, "variant": v.key, "label": v.label, "reference": str(cfg.reference)}
-    return out
+    return out, doc.get("benchmarks", {})
 
 
 def seeds_for(cfg: SweepConfig, v: Variant) -> tuple[int, ...]:
