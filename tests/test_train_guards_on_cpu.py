@@ -31,11 +31,26 @@ from ftcli.train.rundir import MANIFEST, RunDir, checkpoint_damage
     ("keep_last", 0, "--keep-last must be >= 1"),
     ("clip_ratio_c", 1.0, "--clip-ratio-c must be > 1"),
     ("val_temperature", float("nan"), "--val-temperature must be >= 0, finite"),
+    ("warmup_steps", -1, "--warmup-steps must be >= 0"),
 ])
 def test_numeric_options_are_range_checked(opt, value, says):
     with pytest.raises(ValueError) as e:
         resolve_config(**{opt: value})
     assert str(e.value).startswith(says) and "\n" not in str(e.value)
+
+
+def test_warmup_and_a_deepspeed_scheduler_are_not_both_taken(tmp_path):
+    """The DeepSpeed config's scheduler would silently win over --warmup-steps: refused."""
+    import json
+
+    from ftcli.train.engine import build_ds_config
+
+    user = tmp_path / "ds.json"
+    user.write_text(json.dumps({"scheduler": {"type": "WarmupLR", "params": {"warmup_num_steps": 5}}}))
+    cfg = resolve_config(deepspeed_config=str(user), micro_batch=16)
+    assert build_ds_config(cfg, 1, 64, False)["scheduler"]["type"] == "WarmupLR"
+    with pytest.raises(ValueError, match="has a scheduler: drop it or --warmup-steps"):
+        build_ds_config(resolve_config(deepspeed_config=str(user), micro_batch=16, warmup_steps=5), 1, 64, False)
 
 
 def test_every_numeric_option_has_a_range():

@@ -179,10 +179,11 @@ def test_micro_batch_split_does_not_change_the_update(tmp_path, agg):
 
 
 def test_run_dir_resume_and_ctrl_c(tmp_path):
-    """4 steps straight == 2 steps, Ctrl-C during step 3 (saves step 2), --resume to 4."""
+    """4 steps straight == 2 steps, Ctrl-C during step 3 (saves step 2), --resume to 4; with a
+    3-update lr warm-up, whose position the resume must restore."""
     from transformers import AutoModelForCausalLM
 
-    full = _run(tmp_path, "full", credit="flow", steps=4, save_every=2, val_every=2, val_size=4)
+    full = _run(tmp_path, "full", credit="flow", steps=4, save_every=2, val_every=2, val_size=4, warmup_steps=3)
     # the run directory
     cfg = json.loads((full / "config.json").read_text())
     assert cfg["credit"] == "flow" and cfg["deepspeed"]["zero_optimization"]["stage"] == 0
@@ -194,6 +195,7 @@ def test_run_dir_resume_and_ctrl_c(tmp_path):
                 "loss", "grad_norm", "clip_frac"):
         assert key in m[1]
     assert "val_accuracy" in m[2] and "val_accuracy" in m[4] and "val_accuracy" not in m[1]
+    assert [r["lr"] for r in m[1:]] == pytest.approx([1e-3 / 3, 2e-3 / 3, 1e-3, 1e-3])
     row = json.loads((full / "metrics.jsonl").read_text().splitlines()[1])
     assert all(f"time_{k}" in row for k in ("gen", "credit", "fwd_bwd", "optim", "step"))
     assert sorted(p.name for p in (full / "checkpoints").iterdir()) == ["final", "step_000002", "step_000004"]
@@ -207,13 +209,13 @@ def test_run_dir_resume_and_ctrl_c(tmp_path):
     # interrupted during step 3 (8 rewards per step): step 2 is saved, then the error surfaces
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path, "cut", task=ToyTask(interrupt_at_call=8 * 2 + 3), credit="flow", steps=4,
-             save_every=0, val_every=2, val_size=4)
+             save_every=0, val_every=2, val_size=4, warmup_steps=3)
     cut = tmp_path / "cut"
     assert [p.name for p in (cut / "checkpoints").iterdir() if p.name.startswith("step")] == ["step_000002"]
     assert [r["step"] for r in _metrics(cut)] == [0, 1, 2]
     with pytest.raises(ValueError, match="--resume"):
-        _run(tmp_path, "cut", credit="flow", steps=4, save_every=0, val_every=2, val_size=4)
-    _run(tmp_path, "cut", resume=True, credit="flow", steps=4, save_every=0, val_every=2, val_size=4)
+        _run(tmp_path, "cut", credit="flow", steps=4, save_every=0, val_every=2, val_size=4, warmup_steps=3)
+    _run(tmp_path, "cut", resume=True, credit="flow", steps=4, save_every=0, val_every=2, val_size=4, warmup_steps=3)
     assert _metrics(cut) == m
     cw = _weights(cut)
     assert all(torch.equal(cw[k], fw[k]) for k in fw)

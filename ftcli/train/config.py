@@ -63,7 +63,8 @@ class TrainConfig:
     top_k: int = _opt(0, "Top-k sampling (0 = off).", "Sampling", min=0)
     gen_batch_size: int = _opt(128, "Rollouts per generate() call.", "Sampling", min=1)
     # objective
-    lr: float = _opt(1e-4, "AdamW learning rate (constant).", "Objective", gt=0)
+    lr: float = _opt(1e-4, "AdamW learning rate (constant after --warmup-steps).", "Objective", gt=0)
+    warmup_steps: int = _opt(0, "Linear learning-rate warm-up: optimizer update k of the first N uses lr * k / N, then lr (verl's lr_warmup_steps); 0 = off.", "Objective", min=0)
     weight_decay: float = _opt(0.01, "AdamW weight decay.", "Objective", min=0)
     eps_low: float = _opt(0.2, "Clip range below 1 for the ratio.", "Objective", min=0, lt=1)
     eps_high: float = _opt(0.2, "Clip range above 1 for the ratio.", "Objective", min=0)

@@ -82,7 +82,18 @@ def build_ds_config(cfg, world_size: int, seqs_per_rank: int, use_bf16: bool) ->
                 f"{gas} micro-batches of {cfg.micro_batch})"
             )
         ds["train_batch_size"] = cfg.micro_batch * gas * world_size
+        if cfg.warmup_steps and "scheduler" in ds:
+            raise ValueError(f"{cfg.deepspeed_config} has a scheduler: drop it or --warmup-steps, not both")
     return ds
+
+
+def warmup_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int):
+    """Linear warm-up: optimizer update k (1-based) of the first `warmup_steps` uses lr * k /
+    warmup_steps, every later one lr; None when `warmup_steps` is 0 (constant lr). DeepSpeed steps
+    it after each optimizer update and keeps its state in the checkpoint."""
+    if warmup_steps <= 0:
+        return None
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: min(1.0, (k + 1) / warmup_steps))
 
 
 def _merge(base: dict, extra: dict) -> None:

@@ -42,7 +42,7 @@ from ftcli.spans import span_to_token_mask
 from ftcli.tasks.loading import GENERATED_TASKS, describe_data, task_data_options
 from ftcli.tracking import Tracker, create_tracker
 from ftcli.train.config import TrainConfig
-from ftcli.train.engine import build_ds_config, import_deepspeed, versions
+from ftcli.train.engine import build_ds_config, import_deepspeed, versions, warmup_scheduler
 from ftcli.train.rundir import (
     RunDir,
     checkpoint_damage,
@@ -128,7 +128,8 @@ class Trainer:
         self.gas = self.ds_config["gradient_accumulation_steps"]
         ref = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.engine, self.optimizer, _, _ = self.ds.initialize(model=model, optimizer=opt, config=self.ds_config)
+        self.engine, self.optimizer, _, _ = self.ds.initialize(
+            model=model, optimizer=opt, lr_scheduler=warmup_scheduler(opt, cfg.warmup_steps), config=self.ds_config)
         self.device = self.engine.device
         self.ref = None
         if ref is not None and cfg.zero_stage == 3:
@@ -226,6 +227,7 @@ class Trainer:
         """Rollouts, update, and the step's metrics row (summed over ranks)."""
         cfg = self.cfg
         timer, t0 = Timer(), time.perf_counter()
+        lr = float(self.engine.get_lr()[0])  # of the step's first optimizer update (warm-up, a DeepSpeed scheduler)
         with timer("gen"):
             seqs = self.rollouts(step)
         stats, sample_rows, grad_norms = self.update(seqs, timer)
@@ -238,7 +240,7 @@ class Trainer:
         stats.truncated = sum(not s.finished for s in seqs)
         stats.flat_groups, stats.groups = sum(max(g) == min(g) for g in groups), len(groups)
         stats = stats.all_reduce(self.updater.all_sum)
-        row = stats.row(step, cfg.lr, grad_norms, kl=self.ref is not None,
+        row = stats.row(step, lr, grad_norms, kl=self.ref is not None,
                         entropy="entropy" in self.rule.needs or cfg.entropy_coef > 0)
         for k in ("gen", "capture", "credit", "fwd_bwd", "optim"):
             row[f"time_{k}"] = round(timer.t.get(k, 0.0), 4)
