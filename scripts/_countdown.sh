@@ -24,7 +24,8 @@
 #   VARIANT_SEEDS  seeds of the rows other than GRPO and default FlowTracer (default: SEEDS)
 #   REFERENCE    results.json of a finished sweep with these settings (results/table3/results.json):
 #                its GRPO and FlowTracer seeds are reused, not retrained (on a machine without runs/)
-#   STEPS        optimizer steps per run (80)     PROMPTS prompts per step (8; x 8 responses)
+#   STEPS        optimizer steps per run (80)     PROMPTS prompts per step (8)
+#   GROUP        responses per prompt (ft train's: 8)
 #   PRESET       (cpu)                            EXTRA   more `ft ablate` options
 #   DATA_ROOT    folder with the benchmark files (default: $FT_DATA, else the data cache)
 # shellcheck shell=bash
@@ -38,6 +39,7 @@ sweep=(--task "$TASK" --eval-suite "$SUITE" --eval-limit "${LIMIT:-1024}" --eval
        --seeds "${SEEDS:-0,1,2,3,4}" --jobs "${JOBS:-2}" --steps "${STEPS:-80}" --prompts "${PROMPTS:-8}"
        --set val_every=0 --set train_size=0 -q)
 [[ "$TASK" == countdown ]] && sweep+=(--data-source files)
+[[ -n "${GROUP:-}" ]] && sweep+=(--group-size "$GROUP")
 [[ -n "${VARIANT_SEEDS:-}" ]] && sweep+=(--variant-seeds "$VARIANT_SEEDS")
 [[ -n "${REFERENCE:-}" ]] && sweep+=(--reference "$REFERENCE")
 [[ -n "$MODEL" ]] && sweep+=(--model "$MODEL")

@@ -32,8 +32,11 @@ def sweep_md(res: dict, paper: dict[str, str]) -> str:
     s = res["settings"]
     bench = next(iter(res["benchmarks"]))
     meta = res["benchmarks"][bench]
+    shown = ("val_every", "train_size", "task", "data_source", "steps", "data_root")  # said elsewhere or not training
+    opts = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in (s.get("base") or {}).items() if k not in shown)
     lines = [
-        f"**{res['experiment']}** · model `{s['model']}` · task {s['task']}, {s['steps']} steps · "
+        f"**{res['experiment']}** · model `{s['model']}` · task {s['task']}, {s['steps']} steps"
+        + (f" ({opts})" if opts else "") + " · "
         f"seeds {', '.join(map(str, s['seeds']))}"
         + (f" (other rows: {', '.join(map(str, s['variant_seeds']))})" if s.get("variant_seeds") and s["variant_seeds"] != s["seeds"] else "")
         + f" · eval {meta.get('label', bench)} {meta['metric']}, "

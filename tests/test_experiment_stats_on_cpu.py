@@ -76,6 +76,10 @@ def test_results_md_prints_interval_and_detectable_difference():
                                                   "eval_limit": 1024},
            "benchmarks": {"countdown": {"metric": "avg@1"}}, "variants": [base, flow]}
     md = mod.sweep_md(res, {})
+    assert "task countdown, 4 steps · seeds 0, 1, 2" in md  # no training options beyond the preset's
+    res["settings"]["base"] = {"val_every": 0, "task": "countdown", "prompts": 8, "group_size": 16}
+    md = mod.sweep_md(res, {})
+    assert "task countdown, 4 steps (--prompts 8, --group-size 16) · seeds 0, 1, 2" in md
     lo, hi = flow["paired_vs_baseline"]["ci"]
     assert f"+2.7 [{100 * lo:+.1f}, {100 * hi:+.1f}]" in md
     assert "minimal detectable paired difference" in md and "3 seeds" in md
