@@ -364,8 +364,9 @@ def test_reference_rows_come_from_an_earlier_sweep(toy, tmp_path):
     ref = tmp_path / "committed.json"
     ref.write_text((first_out / "results.json").read_text())
     shutil.rmtree(first_out)  # another machine: only the committed file is left
+    # an option set to the preset's own value (--set eps_low=0.2) is the same setting
     text, res, out = _sweep("ratio", tmp_path, suite, "--ratios", "0.4,0.5", "--select", "top",
-                            "--seeds", "0,1", "--variant-seeds", "0", "--reference", str(ref))
+                            "--seeds", "0,1", "--variant-seeds", "0", "--reference", str(ref), "--set", "eps_low=0.2")
     assert "4 runs taken from" in text
     by = {v["key"]: v for v in res["variants"]}
     assert list(by) == ["grpo", "top-0.4", "top-0.5"]
@@ -377,6 +378,10 @@ def test_reference_rows_come_from_an_earlier_sweep(toy, tmp_path):
         assert not (out / "runs" / key).exists()
     assert [r["seed"] for r in by["top-0.5"]["seeds"]] == [0] and (out / "runs" / "top-0.5" / "seed0").is_dir()
     assert by["top-0.5"]["paired_vs_baseline"]["seeds"] == [0]
+    # and the folder takes a rerun without it (nothing trained again)
+    text, res2, _ = _sweep("ratio", tmp_path, suite, "--ratios", "0.4,0.5", "--select", "top",
+                           "--seeds", "0,1", "--variant-seeds", "0", "--reference", str(ref))
+    assert "training" not in text and res2["variants"][2]["seeds"] == by["top-0.5"]["seeds"]
     # other settings than the reference's: one line, before any training
     bad = runner.invoke(app, ["ablate", "ratio", "--model", "tiny-qwen3", "--task", "abl-toy", "--steps", "2",
                               "--prompts", "1", "--group-size", "2", "--max-new-tokens", "4", "--eval-suite",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -22,12 +22,17 @@ from ftcli.sequences import TracedSeq, collate
 from ftcli.tasks.loading import task_data_options
 
 
-def guard_settings(out: Path, settings: dict, ignore: Sequence[str] = ()) -> None:
-    """Refuse to resume an output folder made with different settings (except `ignore`)."""
+def guard_settings(out: Path, settings: dict, ignore: Sequence[str] = (),
+                   canonical: Callable[[dict], dict] | None = None) -> None:
+    """Refuse to resume an output folder made with different settings (except `ignore`);
+    `canonical` maps both sides to a form where equal meanings compare equal."""
     f = out / "settings.json"
     if f.is_file():
         old = json.loads(f.read_text(encoding="utf-8"))
-        diff = sorted(k for k in set(old) | set(settings) if k not in ignore and old.get(k) != settings.get(k))
+        new = settings
+        if canonical is not None:
+            old, new = canonical(old), canonical(settings)
+        diff = sorted(k for k in set(old) | set(new) if k not in ignore and old.get(k) != new.get(k))
         if diff:
             raise ValueError(
                 f"{out} holds results made with other settings ({', '.join(diff)}); "

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -149,7 +150,7 @@ def run_sweep(cfg: SweepConfig, variants: Sequence[Variant], *, console=None,
                 "model": probe.model, "task": probe.task, "steps": probe.steps,
                 "eval_suite": suite, "eval_limit": cfg.eval_limit, "eval_overrides": eval_over,
                 "reference": cfg.reference}
-    guard_settings(out, settings, ignore=("seeds", "variant_seeds", "reference"))
+    guard_settings(out, settings, ignore=("seeds", "variant_seeds", "reference"), canonical=canonical_settings)
     for v in variants:  # fail before any training if a variant's options are invalid
         resolve_config(cfg.preset, **{**cfg.base, **v.train, "seed": cfg.seeds[0], "out": str(out)})
     seeds_of = {v.key: seeds_for(cfg, v) for v in variants}
@@ -208,6 +209,18 @@ def is_reference(v: Variant, cfg: SweepConfig) -> bool:
 
 
 # What must agree between a sweep and its --reference for their runs to be the same runs.
+def canonical_settings(settings: dict) -> dict:
+    """A sweep's settings with its `base` resolved against the preset (the folder with the data,
+    the output and the seed aside): `--group-size 8` and no `--group-size` are the same sweep
+    when the preset's group size is 8."""
+    base = settings.get("base")
+    if not isinstance(base, dict):
+        return settings
+    c = resolve_config(settings.get("preset") or "cpu", **base)
+    return {**settings, "base": {f.name: getattr(c, f.name) for f in fields(c)
+                                 if f.name not in ("data_root", "out", "seed")}}
+
+
 _REFERENCE_KEYS = ("preset", "base", "model", "task", "steps", "eval_suite", "eval_limit", "eval_overrides")
 
 
@@ -232,11 +245,8 @@ def reference_rows(cfg: SweepConfig, settings: dict, variants: Sequence[Variant]
     doc = _read_reference(cfg.reference)
     theirs = doc["settings"]
 
-    def comparable(s: dict, key: str):
-        v = s.get(key)
-        return {k: x for k, x in v.items() if k != "data_root"} if key == "base" and isinstance(v, dict) else v
-
-    diff = [k for k in _REFERENCE_KEYS if comparable(theirs, k) != comparable(settings, k)]
+    theirs, mine = canonical_settings(theirs), canonical_settings(settings)
+    diff = [k for k in _REFERENCE_KEYS if theirs.get(k) != mine.get(k)]
     if diff:
         raise ValueError(f"--reference {cfg.reference} was made with other settings ({', '.join(diff)})")
     out = {}
