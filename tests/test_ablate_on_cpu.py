@@ -391,6 +391,26 @@ def test_reference_rows_come_from_an_earlier_sweep(toy, tmp_path):
     assert not (tmp_path / "bad" / "runs").exists()
 
 
+def test_a_reused_run_trained_with_other_options_is_refused(toy, tmp_path):
+    """A finished run shared into another sweep (scripts' `share`) is reused only when it was
+    trained with the options this sweep asks for: another group size or clip is an error."""
+    suite = tmp_path / "toy.toml"
+    suite.write_text(SUITE)
+    _, _, first = _sweep("credit", tmp_path, suite, "--rules", "none")
+    other = tmp_path / "other"
+    (other / "runs").mkdir(parents=True)
+    (other / "runs" / "credit-none").symlink_to(first / "runs" / "credit-none")
+    argv = ["ablate", "credit", "--model", "tiny-qwen3", "--task", "abl-toy", "--steps", "1", "--prompts", "1",
+            "--group-size", "2", "--max-new-tokens", "4", "--eval-suite", str(suite), "--eval-limit", "2",
+            "--rules", "none", "--out", str(other), "-q"]
+    res = runner.invoke(app, [*argv, "--set", "eps_low=0.1"])
+    assert res.exit_code != 0 and "was trained with other options (eps_low)" in res.output
+    assert "training" not in res.output
+    (other / "settings.json").unlink()  # the refused sweep's settings: start the folder afresh
+    text = _ok(runner.invoke(app, argv))  # the same options: reused, not trained again
+    assert "trained (reused)" in text and "training" not in text
+
+
 def test_cli_tokens_train_and_overhead(toy, tmp_path):
     suite = tmp_path / "toy.toml"
     suite.write_text(SUITE)

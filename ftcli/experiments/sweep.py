@@ -73,6 +73,9 @@ def _sweep_job(job: dict, *, console=None, train_fn: Callable | None = None,
     console = stderr_console(console)
     head, run_dir = job["head"], Path(job["run_dir"])
     tcfg = resolve_config(job["preset"], **job["train"])
+    if RunDir(run_dir).has_run() and (diff := RunDir(run_dir).option_diff(tcfg)):
+        raise ValueError(f"{run_dir} was trained with other options ({', '.join(diff)}); "
+                         "choose another --out or delete that run")
     if RunDir(run_dir).is_finished(tcfg.steps):
         console.print(f"{head}: trained (reused)")
     else:

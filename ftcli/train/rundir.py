@@ -142,6 +142,10 @@ def quiet_hf_progress():
             hf_logging.enable_progress_bar()
 
 
+# options that do not change what a run computes (folder, data location, reporting, saving)
+_NOT_RUN_OPTIONS = ("out", "data_root", "progress", "report_to", "save_every", "keep_last", "log_samples")
+
+
 class RunDir:
     """One run directory (see the module docstring for its layout)."""
 
@@ -171,6 +175,25 @@ class RunDir:
                 if m and d.is_dir() and (complete is None or (d / complete).is_file()):
                     out[int(m.group(1))] = d
         return dict(sorted(out.items()))
+
+    def option_diff(self, cfg) -> list[str]:
+        """The options (TrainConfig fields) whose value in this run's config.json differs from
+        `cfg`'s; a field the file lacks (an older version) counts at its default. Where the run
+        lives, where its data came from and how it reports do not count."""
+        from dataclasses import MISSING, fields  # noqa: PLC0415 (kept local: rundir is imported early)
+
+        try:
+            saved = json.loads(self.config_file.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return []  # no readable record: nothing to compare (a damaged run fails on resume)
+        out = []
+        for f in fields(cfg):
+            if f.name in _NOT_RUN_OPTIONS:
+                continue
+            default = f.default if f.default is not MISSING else None
+            if saved.get(f.name, default) != getattr(cfg, f.name):
+                out.append(f.name)
+        return out
 
     def is_finished(self, steps: int) -> bool:
         """A final checkpoint and metrics up to `steps`."""
