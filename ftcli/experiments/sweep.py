@@ -73,10 +73,11 @@ def _sweep_job(job: dict, *, console=None, train_fn: Callable | None = None,
     console = stderr_console(console)
     head, run_dir = job["head"], Path(job["run_dir"])
     tcfg = resolve_config(job["preset"], **job["train"])
-    if RunDir(run_dir).has_run() and (diff := RunDir(run_dir).option_diff(tcfg)):
+    rd = RunDir(run_dir)
+    if rd.has_run() and (diff := rd.option_diff(tcfg)):
         raise ValueError(f"{run_dir} was trained with other options ({', '.join(diff)}); "
                          "choose another --out or delete that run")
-    if RunDir(run_dir).is_finished(tcfg.steps):
+    if rd.is_finished(tcfg.steps):
         console.print(f"{head}: trained (reused)")
     else:
         resume = (run_dir / "metrics.jsonl").is_file()
@@ -211,7 +212,6 @@ def is_reference(v: Variant, cfg: SweepConfig) -> bool:
     return v.baseline or _credit_identity(cfg, v.train) == _credit_identity(cfg, {"credit": "flow"})
 
 
-# What must agree between a sweep and its --reference for their runs to be the same runs.
 def canonical_settings(settings: dict) -> dict:
     """A sweep's settings with its `base` resolved against the preset (the folder with the data,
     the output and the seed aside): `--group-size 8` and no `--group-size` are the same sweep
@@ -224,6 +224,7 @@ def canonical_settings(settings: dict) -> dict:
                                  if f.name not in ("data_root", "out", "seed")}}
 
 
+# What must agree between a sweep and its --reference for their runs to be the same runs.
 _REFERENCE_KEYS = ("preset", "base", "model", "task", "steps", "eval_suite", "eval_limit", "eval_overrides")
 
 

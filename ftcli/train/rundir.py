@@ -25,6 +25,7 @@ import json
 import os
 import re
 import shutil
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 from ftcli.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
@@ -180,8 +181,6 @@ class RunDir:
         """The options (TrainConfig fields) whose value in this run's config.json differs from
         `cfg`'s; a field the file lacks (an older version) counts at its default. Where the run
         lives, where its data came from and how it reports do not count."""
-        from dataclasses import MISSING, fields  # noqa: PLC0415 (kept local: rundir is imported early)
-
         try:
             saved = json.loads(self.config_file.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
