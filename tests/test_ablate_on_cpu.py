@@ -360,7 +360,11 @@ def test_reference_rows_come_from_an_earlier_sweep(toy, tmp_path):
     results.json (only the file: the runs themselves may be gone) instead of training them."""
     suite = tmp_path / "toy.toml"
     suite.write_text(SUITE)
-    _, first, first_out = _sweep("credit", tmp_path, suite, "--rules", "none,flow", "--seeds", "0,1")
+    text, first, first_out = _sweep("credit", tmp_path, suite, "--rules", "none,flow", "--seeds", "0,1")
+    # trained seed by seed, so that a sweep cut short leaves whole paired seeds
+    heads = [line.split(":")[0] for line in text.splitlines() if line.startswith("[") and ": training" in line]
+    assert heads == ["[1/4] credit · GRPO · seed 0", "[2/4] credit · FlowTracer · seed 0",
+                     "[3/4] credit · GRPO · seed 1", "[4/4] credit · FlowTracer · seed 1"], heads
     ref = tmp_path / "committed.json"
     ref.write_text((first_out / "results.json").read_text())
     shutil.rmtree(first_out)  # another machine: only the committed file is left

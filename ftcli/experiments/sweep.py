@@ -162,22 +162,25 @@ def run_sweep(cfg: SweepConfig, variants: Sequence[Variant], *, console=None,
     if imported:
         console.print(f"{cfg.name}: {len(imported)} runs taken from {cfg.reference}")
     n_jobs = sum(len(s) for s in seeds_of.values()) - len(imported)
-    job_list, order = [], []
-    for v in variants:
-        for seed in seeds_of[v.key]:
-            order.append((v.key, seed))
-            if (v.key, seed) in imported:
-                continue
-            run_dir = out / "runs" / v.key / f"seed{seed}"
-            job_list.append({
-                "head": f"[{len(job_list) + 1}/{n_jobs}] {cfg.name} · {v.label} · seed {seed}",
-                "variant": v.key, "label": v.label, "seed": seed, "run_dir": str(run_dir),
-                "preset": cfg.preset,
-                "train": {**cfg.base, **v.train, "seed": seed, "out": str(run_dir),
-                          "progress": cfg.progress and jobs == 1},
-                "suite": suite, "eval_limit": cfg.eval_limit, "eval_overrides": eval_over,
-                "eval_batch_size": cfg.eval_batch_size, "progress": cfg.progress and jobs == 1,
-            })
+    order = [(v.key, seed) for v in variants for seed in seeds_of[v.key]]  # variant by variant
+    by_key = {v.key: v for v in variants}
+    job_list = []
+    # trained seed by seed (every variant of a seed before the next seed): a sweep cut short
+    # leaves whole paired seeds, not some variants with all their seeds and others with none
+    for key, seed in sorted(order, key=lambda k: k[1]):
+        if (key, seed) in imported:
+            continue
+        v = by_key[key]
+        run_dir = out / "runs" / v.key / f"seed{seed}"
+        job_list.append({
+            "head": f"[{len(job_list) + 1}/{n_jobs}] {cfg.name} · {v.label} · seed {seed}",
+            "variant": v.key, "label": v.label, "seed": seed, "run_dir": str(run_dir),
+            "preset": cfg.preset,
+            "train": {**cfg.base, **v.train, "seed": seed, "out": str(run_dir),
+                      "progress": cfg.progress and jobs == 1},
+            "suite": suite, "eval_limit": cfg.eval_limit, "eval_overrides": eval_over,
+            "eval_batch_size": cfg.eval_batch_size, "progress": cfg.progress and jobs == 1,
+        })
     t_start = time.time()
     if jobs == 1 or not job_list:
         results_rows = [_sweep_job(j, console=console, train_fn=train_fn, eval_fn=eval_fn) for j in job_list]
