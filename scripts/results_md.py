@@ -7,7 +7,8 @@ A sweep folder (results.json of `ft ablate credit|ratio|gamma|layers|weighting`)
 per variant: test accuracy mean ± std over seeds, the seeds' values, the paired change against
 GRPO (same seeds) with its 95% t interval, the mean training reward of the last 3 steps and
 seconds per step; under the table, the evaluation's standard error per run (over problems) and
-the minimal paired difference detectable at 80% power with the seeds used. An intervention folder
+the minimal paired difference detectable at 80% power with the seeds used; the results of a
+sweep still running or stopped early say so and name the seeds each row has. An intervention folder
 (`ft ablate intervene`) gives the Table 1 layout with counts and Wilson intervals; a token-class
 or answer-format folder (`ft ablate tokens|format`) gives the Sec. 5.2 tables.
 `--paper LABEL=NUMBER` adds the paper's number to the row of that variant label.
@@ -40,15 +41,20 @@ def sweep_md(res: dict, paper: dict[str, str]) -> str:
         f"seeds {', '.join(map(str, s['seeds']))}"
         + (f" (other rows: {', '.join(map(str, s['variant_seeds']))})" if s.get("variant_seeds") and s["variant_seeds"] != s["seeds"] else "")
         + f" · eval {meta.get('label', bench)} {meta['metric']}, "
-        f"first {s['eval_limit']} test problems · {res.get('seconds', '?')} s for the runs not reused",
+        f"first {s['eval_limit']} test problems · "
+        + (f"**partial: {res['partial']['finished']} of {res['partial']['runs']} runs finished**"
+           if res.get("partial") else f"{res.get('seconds', '?')} s for the runs not reused"),
         "",
         "| variant | test accuracy % (mean ± std) | per seed | Δ vs GRPO, paired [95% CI] | train reward (last 3 steps) | s/step | paper |",
         "|---|---|---|---|---|---|---|",
     ]
-    ses, sses, mdds = [], [], []
+    ses, sses, mdds, paired_n = [], [], [], set()
     for v in res["variants"]:
         a = v["avg"]
         seeds = " / ".join(_pct(r["avg"]) for r in v["seeds"])
+        ran = [r["seed"] for r in v["seeds"]]
+        if ran not in (list(s["seeds"]), list(s.get("variant_seeds") or s["seeds"])):  # a sweep stopped early
+            seeds += f" (seed{'s' * (len(ran) != 1)} {', '.join(map(str, ran)) or 'none yet'})"
         ses += [se for r in v["seeds"] for se in (r.get("stderr") or {}).values() if se is not None]
         sses += [se for r in v["seeds"] for se in (r.get("sampling_stderr") or {}).values() if se is not None]
         pd = v.get("paired_vs_baseline")
@@ -60,6 +66,7 @@ def sweep_md(res: dict, paper: dict[str, str]) -> str:
             delta = f"{100 * pd['mean']:+.1f} [{100 * pd['ci'][0]:+.1f}, {100 * pd['ci'][1]:+.1f}]"
             if pd.get("mdd") is not None:
                 mdds.append(pd["mdd"])
+                paired_n.add(pd["n"])
         else:
             d = v.get("delta_vs_baseline")
             delta = "" if d is None else f"{100 * d:+.1f}"
@@ -79,7 +86,8 @@ def sweep_md(res: dict, paper: dict[str, str]) -> str:
         mdds.sort()
         span = (f"{100 * mdds[0]:.1f} points" if len(mdds) == 1 else
                 f"{100 * mdds[0]:.1f}-{100 * mdds[-1]:.1f} points across variants (median {100 * _median(mdds):.1f})")
-        notes.append(f"minimal detectable paired difference (80% power, two-sided 5%, {len(s['seeds'])} seeds): {span}")
+        ns = "-".join(str(n) for n in sorted({min(paired_n), max(paired_n)}))
+        notes.append(f"minimal detectable paired difference (80% power, two-sided 5%, {ns} seeds): {span}")
     if notes:
         lines += ["", "; ".join(notes) + "."]
     return "\n".join(lines)

@@ -5,6 +5,7 @@ toy task (toy scale: one training step, two eval problems)."""
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -393,6 +394,48 @@ def test_reference_rows_come_from_an_earlier_sweep(toy, tmp_path):
                               "--out", str(tmp_path / "bad"), "-q"])
     assert bad.exit_code != 0 and "other settings (base, steps)" in bad.output
     assert not (tmp_path / "bad" / "runs").exists()
+
+
+def test_a_sweep_stopped_early_keeps_the_table_so_far(toy, tmp_path, monkeypatch):
+    """After each finished run the sweep writes results.json marked partial (results_md.py says
+    so and names the seeds each row has); a rerun trains only what is missing."""
+    import importlib.util
+
+    import ftcli.experiments.sweep as sweep
+
+    suite = tmp_path / "toy.toml"
+    suite.write_text(SUITE)
+    real, calls = sweep._sweep_job, []
+
+    def stop_at_the_third(job, **kw):
+        calls.append(job["head"])
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # Ctrl-C (or a crash) while the third run trains
+        return real(job, **kw)
+
+    monkeypatch.setattr(sweep, "_sweep_job", stop_at_the_third)
+    out = tmp_path / "cut"
+    argv = ["ablate", "credit", "--model", "tiny-qwen3", "--task", "abl-toy", "--steps", "1", "--prompts", "1",
+            "--group-size", "2", "--max-new-tokens", "4", "--eval-suite", str(suite), "--eval-limit", "2",
+            "--rules", "none,flow", "--seeds", "0,1", "--out", str(out), "-q"]
+    assert runner.invoke(app, argv).exit_code != 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["partial"] == {"finished": 2, "runs": 4}
+    assert [[r["seed"] for r in v["seeds"]] for v in res["variants"]] == [[0], [0]]  # seed 0 of both rows
+    assert res["variants"][1]["paired_vs_baseline"]["seeds"] == [0]
+    assert len((out / "results.csv").read_text().splitlines()) == 3
+    spec = importlib.util.spec_from_file_location("results_md", Path(__file__).parents[1] / "scripts" / "results_md.py")
+    md = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(md)
+    text = md.sweep_md(res, {})
+    assert "partial: 2 of 4 runs finished" in text and "(seed 0)" in text
+
+    monkeypatch.setattr(sweep, "_sweep_job", real)
+    text = _ok(runner.invoke(app, argv))
+    assert text.count("trained (reused)") == 2 and text.count(": training 1 steps") == 2
+    res = json.loads((out / "results.json").read_text())
+    assert "partial" not in res and [[r["seed"] for r in v["seeds"]] for v in res["variants"]] == [[0, 1], [0, 1]]
+    assert "partial" not in md.sweep_md(res, {}) and "(seed" not in md.sweep_md(res, {})
 
 
 def test_a_reused_run_trained_with_other_options_is_refused(toy, tmp_path):

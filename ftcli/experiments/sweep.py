@@ -1,7 +1,9 @@
 """Training sweeps (Tables 2-5, 7; Figs. 4-6): every variant x seed is trained by
 `ftcli.train.loop.train` with otherwise identical options, then its final checkpoint is
 evaluated by `ftcli.evaluate.evaluate`; finished runs and evaluations are reused on a rerun.
-Writes results.json, results.csv, curves.png and bars.png under the sweep's `out`."""
+Runs train seed by seed; after each finished run, results.json and results.csv hold the table so
+far (marked partial); at the end they hold all of it, with curves.png and bars.png, under the
+sweep's `out`."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import fields
 from pathlib import Path
 
@@ -182,21 +184,31 @@ def run_sweep(cfg: SweepConfig, variants: Sequence[Variant], *, console=None,
             "eval_batch_size": cfg.eval_batch_size, "progress": cfg.progress and jobs == 1,
         })
     t_start = time.time()
+    trained, meta = {}, dict(ref_meta)
+
+    def finished(row: dict) -> None:
+        """Keep a finished run's row; while runs are pending, write the table so far
+        (results.json and .csv, marked partial): a sweep that stops early keeps its results."""
+        meta.update(row.pop("bench_meta", None) or {})
+        trained[(row["variant"], row["seed"])] = row
+        if len(trained) < len(job_list):
+            done = [imported.get(k) or trained[k] for k in order if k in imported or k in trained]
+            res = _aggregate(cfg, variants, done, meta, settings)
+            res["partial"] = {"finished": len(done), "runs": len(order)}
+            _write_sweep(out, res, figures=False)
+
     if jobs == 1 or not job_list:
-        results_rows = [_sweep_job(j, console=console, train_fn=train_fn, eval_fn=eval_fn) for j in job_list]
+        for j in job_list:
+            finished(_sweep_job(j, console=console, train_fn=train_fn, eval_fn=eval_fn))
     else:
         console.print(f"{cfg.name}: {n_jobs} runs, {jobs} at a time")
         # a fresh process per run (Python >= 3.11): no process group, cache or RNG state carries over
         fresh = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
         with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), **fresh) as pool:
-            futures = [pool.submit(_sweep_worker, j) for j in job_list]
-            results_rows = [f.result() for f in futures]
-    bench_meta = results_rows[-1].pop("bench_meta") if results_rows else ref_meta
-    for r in results_rows:
-        r.pop("bench_meta", None)
-    trained = {(r["variant"], r["seed"]): r for r in results_rows}
+            for f in as_completed([pool.submit(_sweep_worker, j) for j in job_list]):
+                finished(f.result())
     results_rows = [imported.get(k) or trained[k] for k in order]  # variant by variant, seeds in order
-    res = _aggregate(cfg, variants, results_rows, bench_meta, settings)
+    res = _aggregate(cfg, variants, results_rows, meta, settings)
     res["seconds"] = round(time.time() - t_start, 1)
     _write_sweep(out, res)
     return res
@@ -314,7 +326,7 @@ def paired_vs_baseline(variant: dict, base: dict) -> dict | None:
     return d
 
 
-def _write_sweep(out: Path, res: dict) -> None:
+def _write_sweep(out: Path, res: dict, *, figures: bool = True) -> None:
     atomic_write_json(out / "results.json", res)
     benches = list(res["benchmarks"])
     rows = [["variant", "label", "seed", *benches, "avg", "reward_last", "frac_credited", "time_step"]]
@@ -324,6 +336,8 @@ def _write_sweep(out: Path, res: dict) -> None:
             rows.append([v["key"], v["label"], r["seed"], *[r["eval"].get(b) for b in benches], r["avg"],
                          t.get("reward_last"), t.get("frac_credited"), t.get("time_step")])
     write_csv(out / "results.csv", rows)
+    if not figures:
+        return
     # rows taken from a --reference keep their run_dir, which may be on another machine
     runs = {v["label"]: [r["run_dir"] for r in v["seeds"] if Path(r["run_dir"]).exists()] for v in res["variants"]}
     training_curves(runs, out / "curves.png", title=res["experiment"])
