@@ -45,7 +45,9 @@ if [[ "$TASK" == countdown ]]; then SUITE="${SUITE:-countdown-mixed}"; else SUIT
 sweep=(--task "$TASK" --eval-suite "$SUITE" --eval-limit "${LIMIT:-1024}" --eval-n "${EVAL_N:-4}"
        --eval-batch-size "${EVAL_BATCH:-128}" --preset "${PRESET:-cpu}"
        --seeds "${SEEDS:-0,1,2,3,4}" --jobs "${JOBS:-2}" --steps "${STEPS:-80}"
-       --set val_every=0 --set train_size=0 -q)
+       --set val_every=0 --set train_size=0 --set save_every=20 -q)
+# save_every: a run stopped midway (a killed sweep) resumes from its last 20-step checkpoint;
+# saving does not change what a run computes, so earlier runs without it are still reused
 # the batch: 8 prompts x 16 with the cpu preset (above); another preset keeps its own unless given
 if [[ "${PRESET:-cpu}" == cpu ]]; then PROMPTS="${PROMPTS:-8}" GROUP="${GROUP:-16}"; fi
 [[ -n "${PROMPTS:-}" ]] && sweep+=(--prompts "$PROMPTS")

@@ -431,7 +431,9 @@ def test_a_sweep_stopped_early_keeps_the_table_so_far(toy, tmp_path, monkeypatch
     assert "partial: 2 of 4 runs finished" in text and "(seed 0)" in text
 
     monkeypatch.setattr(sweep, "_sweep_job", real)
-    text = _ok(runner.invoke(app, argv))
+    # rerun with a checkpoint every step: saving does not change what a run computes, so the
+    # folder takes it as the same sweep and the finished runs as its runs
+    text = _ok(runner.invoke(app, [*argv, "--set", "save_every=1"]))
     assert text.count("trained (reused)") == 2 and text.count(": training 1 steps") == 2
     res = json.loads((out / "results.json").read_text())
     assert "partial" not in res and [[r["seed"] for r in v["seeds"]] for v in res["variants"]] == [[0, 1], [0, 1]]

@@ -39,3 +39,4 @@ def test_countdown_sweep_batch_defaults(tmp_path, env, prompts, group):
     assert argv[:2] == ["ablate", "credit"]
     assert _opt(argv, "--prompts") == prompts and _opt(argv, "--group-size") == group
     assert _opt(argv, "--steps") == "80" and _opt(argv, "--preset") == env.get("PRESET", "cpu")
+    assert "save_every=20" in argv  # a stopped sweep resumes its runs from a checkpoint

@@ -35,7 +35,7 @@ from ftcli.plots import training_curves, variant_bars
 from ftcli.progress import progress_bar, stderr_console
 from ftcli.train.config import resolve_config
 from ftcli.train.loop import train
-from ftcli.train.rundir import RunDir
+from ftcli.train.rundir import NOT_RUN_OPTIONS, RunDir
 
 
 def _train_summary(run_dir: Path, last: int = 3) -> dict:
@@ -228,15 +228,16 @@ def is_reference(v: Variant, cfg: SweepConfig) -> bool:
 
 
 def canonical_settings(settings: dict) -> dict:
-    """A sweep's settings with its `base` resolved against the preset (the folder with the data,
-    the output and the seed aside): `--group-size 8` and no `--group-size` are the same sweep
-    when the preset's group size is 8."""
+    """A sweep's settings with its `base` resolved against the preset, without the seed and the
+    options that do not change what a run computes (folder, data location, reporting, saving):
+    `--group-size 8` and no `--group-size` are the same sweep when the preset's group size is
+    8, and so is one that also checkpoints every 20 steps."""
     base = settings.get("base")
     if not isinstance(base, dict):
         return settings
     c = resolve_config(settings.get("preset") or "cpu", **base)
     return {**settings, "base": {f.name: getattr(c, f.name) for f in fields(c)
-                                 if f.name not in ("data_root", "out", "seed")}}
+                                 if f.name not in (*NOT_RUN_OPTIONS, "seed")}}
 
 
 # What must agree between a sweep and its --reference for their runs to be the same runs.

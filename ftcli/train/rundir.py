@@ -144,7 +144,7 @@ def quiet_hf_progress():
 
 
 # options that do not change what a run computes (folder, data location, reporting, saving)
-_NOT_RUN_OPTIONS = ("out", "data_root", "progress", "report_to", "save_every", "keep_last", "log_samples")
+NOT_RUN_OPTIONS = ("out", "data_root", "progress", "report_to", "save_every", "keep_last", "log_samples")
 
 
 class RunDir:
@@ -187,7 +187,7 @@ class RunDir:
             return []  # no readable record: nothing to compare (a damaged run fails on resume)
         out = []
         for f in fields(cfg):
-            if f.name in _NOT_RUN_OPTIONS:
+            if f.name in NOT_RUN_OPTIONS:
                 continue
             default = f.default if f.default is not MISSING else None
             if saved.get(f.name, default) != getattr(cfg, f.name):
