@@ -3,7 +3,8 @@
 Analyses: `intervene` (Table 1), `format` and `tokens` (Sec. 5.2, Fig. 3), `overhead` (Table 6).
 Training sweeps: `layers` (Fig. 6), `ratio` (Table 5), `gamma` and `weighting` (Table 7),
 `credit` (Tables 2-4, Figs. 4-5). Results go to `--out` (default runs/ablate/<name>) as JSON/CSV
-with PNGs beside them; a rerun skips what is finished.
+with PNGs beside them; a rerun skips what is finished. A training sweep runs seed by seed and
+rewrites its results.json (marked partial) after each finished run.
 """
 
 from __future__ import annotations
