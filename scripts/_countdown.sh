@@ -17,7 +17,7 @@
 #     22.0%, 4 x 16 18.9%, 8 x 8 at lr 2e-4 with a 20-update warm-up 18.1% (start 15.7%); 8 x 16
 #     on 5 seeds: 21.9 +- 0.8, +6.2 over the start (95% interval +5.3 to +7.2), +1.4 over 8 x 8
 #     paired by seed. It costs 1.5x the step time (11 s against 7.4 s).
-#     RESULTS.md's Tables 3, 5, 7 and Fig. 6 ran at GROUP=8 (the earlier default).
+#     RESULTS.md's Table 3 ran at both; its Tables 5, 7 and Fig. 6 at GROUP=8 (the earlier default).
 #   - The gains are a sharper sampling distribution (greedy decoding already scores about 28%),
 #     so the evaluation samples at T 1, as the policy is trained; 1,024 problems x 4 samples
 #     put the noise of one evaluation from the sampling alone at 0.5 points (measured).
@@ -29,7 +29,8 @@
 #   LIMIT        first N test problems (1024: all)  EVAL_N  samples per problem (4)
 #   SEEDS        (0,1,2,3,4)    JOBS   runs at once (2)
 #   VARIANT_SEEDS  seeds of the rows other than GRPO and default FlowTracer (default: SEEDS)
-#   REFERENCE    results.json of a finished sweep with these settings (GROUP=8: results/table3/results.json):
+#   REFERENCE    results.json of a finished sweep with these settings (results/table3-g16/results.json;
+#                GROUP=8: results/table3/results.json):
 #                its GRPO and FlowTracer seeds are reused, not retrained (on a machine without runs/)
 #   STEPS        optimizer steps per run (80)
 #   PROMPTS      prompts per step (8)        GROUP   responses per prompt (16): with the cpu
