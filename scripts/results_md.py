@@ -33,7 +33,8 @@ def sweep_md(res: dict, paper: dict[str, str]) -> str:
     s = res["settings"]
     bench = next(iter(res["benchmarks"]))
     meta = res["benchmarks"][bench]
-    shown = ("val_every", "train_size", "task", "data_source", "steps", "data_root")  # said elsewhere or not training
+    shown = ("val_every", "train_size", "task", "data_source", "steps", "data_root",  # said elsewhere or not training
+             "save_every", "keep_last", "log_samples", "report_to", "progress")
     opts = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in (s.get("base") or {}).items() if k not in shown)
     lines = [
         f"**{res['experiment']}** · model `{s['model']}` · task {s['task']}, {s['steps']} steps"
@@ -193,8 +194,11 @@ def main(argv: list[str]) -> None:
             paper[k] = v
         else:
             folders.append(Path(a))
-    for f in folders:
-        res = json.loads((f / "results.json").read_text(encoding="utf-8"))
+    # a folder without results.json stands for its subfolders that have one (results/regime-levers/*)
+    files = [p for f in folders for p in ([f / "results.json"] if (f / "results.json").is_file() or not f.is_dir()
+                                          else sorted(f.glob("*/results.json")) or [f / "results.json"])]
+    for path in files:
+        res = json.loads(path.read_text(encoding="utf-8"))
         if "variants" in res:
             print(sweep_md(res, paper))
         elif "benchmarks" in res and "arms" not in res:

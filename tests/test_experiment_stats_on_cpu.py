@@ -77,7 +77,7 @@ def test_results_md_prints_interval_and_detectable_difference():
            "benchmarks": {"countdown": {"metric": "avg@1"}}, "variants": [base, flow]}
     md = mod.sweep_md(res, {})
     assert "task countdown, 4 steps · seeds 0, 1, 2" in md  # no training options beyond the preset's
-    res["settings"]["base"] = {"val_every": 0, "task": "countdown", "prompts": 8, "group_size": 16}
+    res["settings"]["base"] = {"val_every": 0, "task": "countdown", "prompts": 8, "group_size": 16, "save_every": 20}
     md = mod.sweep_md(res, {})
     assert "task countdown, 4 steps (--prompts 8, --group-size 16) · seeds 0, 1, 2" in md
     lo, hi = flow["paired_vs_baseline"]["ci"]
@@ -186,3 +186,19 @@ def test_results_md_marks_one_seed_rows_as_descriptive():
     assert "| late | 17.0 (1 seed) | 17.0 | -3.0 (seed 0 only) |" in out
     res["settings"]["variant_seeds"] = [0, 1, 2]  # every row on every seed: nothing to point out
     assert "seeds 0, 1, 2 · eval" in md.sweep_md(res, {})
+
+
+def test_just_results_prints_every_committed_table():
+    """`just results` (results_md.py over results/*/) renders every committed results.json,
+    nested ones (results/regime-levers/*) included."""
+    import json
+    import subprocess
+    import sys
+
+    folders = sorted(str(p) for p in (REPO / "results").glob("*/"))
+    files = list((REPO / "results").glob("**/results.json"))
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "results_md.py"), *folders],
+                         capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    sweeps = [f for f in files if "variants" in json.loads(f.read_text(encoding="utf-8"))]
+    assert len(sweeps) >= 5 and out.stdout.count("| variant | test accuracy") == len(sweeps)
