@@ -76,3 +76,14 @@ def pytest_runtest_setup(item):
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def results_md():
+    """scripts/results_md.py as a module (a script, not part of the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("results_md", Path(__file__).parents[1] / "scripts" / "results_md.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -5,7 +5,6 @@ toy task (toy scale: one training step, two eval problems)."""
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -396,11 +395,9 @@ def test_reference_rows_come_from_an_earlier_sweep(toy, tmp_path):
     assert not (tmp_path / "bad" / "runs").exists()
 
 
-def test_a_sweep_stopped_early_keeps_the_table_so_far(toy, tmp_path, monkeypatch):
+def test_a_sweep_stopped_early_keeps_the_table_so_far(toy, tmp_path, monkeypatch, results_md):
     """After each finished run the sweep writes results.json marked partial (results_md.py says
     so and names the seeds each row has); a rerun trains only what is missing."""
-    import importlib.util
-
     import ftcli.experiments.sweep as sweep
 
     suite = tmp_path / "toy.toml"
@@ -424,9 +421,7 @@ def test_a_sweep_stopped_early_keeps_the_table_so_far(toy, tmp_path, monkeypatch
     assert [[r["seed"] for r in v["seeds"]] for v in res["variants"]] == [[0], [0]]  # seed 0 of both rows
     assert res["variants"][1]["paired_vs_baseline"]["seeds"] == [0]
     assert len((out / "results.csv").read_text().splitlines()) == 3
-    spec = importlib.util.spec_from_file_location("results_md", Path(__file__).parents[1] / "scripts" / "results_md.py")
-    md = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(md)
+    md = results_md
     text = md.sweep_md(res, {})
     assert "partial: 2 of 4 runs finished" in text and "(seed 0)" in text
 

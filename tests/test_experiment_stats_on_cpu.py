@@ -1,6 +1,5 @@
 """Statistics behind the result tables: standard errors, paired differences, detectable effects."""
 
-import importlib.util
 import math
 from pathlib import Path
 
@@ -62,10 +61,8 @@ def test_paired_vs_baseline_pairs_by_seed_and_reports_mdd():
     assert paired_vs_baseline(base, base) is None
 
 
-def test_results_md_prints_interval_and_detectable_difference():
-    spec = importlib.util.spec_from_file_location("results_md", REPO / "scripts" / "results_md.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+def test_results_md_prints_interval_and_detectable_difference(results_md):
+    mod = results_md
     base = _variant("none", {0: 0.20, 1: 0.22, 2: 0.21}, baseline=True)
     flow = _variant("flow", {0: 0.22, 1: 0.25, 2: 0.24})
     for v in (base, flow):
@@ -106,15 +103,8 @@ def test_variant_seeds_spare_only_the_reference_rows():
     assert seeds_for(SweepConfig(seeds=(0, 1)), other[0]) == (0, 1)  # no --variant-seeds: all run all
 
 
-def _load_results_md():
-    spec = importlib.util.spec_from_file_location("results_md", REPO / "scripts" / "results_md.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_results_md_renders_the_section_5_2_tables():
-    md = _load_results_md()
+def test_results_md_renders_the_section_5_2_tables(results_md):
+    md = results_md
     settings = {"model": "m", "task": "gsm8k", "source": "gold", "ratio": 0.4}
     tokens = {"experiment": "tokens", "settings": settings, "problems": 5, "used": 4,
               "classes": {"structural": {"share_tokens": 0.3, "share_selected": 0.45, "selected_ci": [0.4, 0.5],
@@ -161,8 +151,8 @@ def test_variant_seeds_option_parses_from_the_command_line():
     assert res.exit_code == 0 and "--variant-seeds" in res.output
 
 
-def test_results_md_renders_a_plain_evaluation():
-    md = _load_results_md()
+def test_results_md_renders_a_plain_evaluation(results_md):
+    md = results_md
     res = {"model": "default-policy", "benchmarks": {"countdown-mixed": {
         "label": "Countdown 3+4", "metric": "avg@4", "value": 0.1445, "stderr": 0.0081, "sampling_stderr": 0.0046,
         "n_problems": 1024, "n_samples": 4096}}}
@@ -170,8 +160,8 @@ def test_results_md_renders_a_plain_evaluation():
     assert "avg@4 = 14.45%" in out and "over problems 0.81" in out and "sampling alone 0.46" in out
 
 
-def test_results_md_marks_one_seed_rows_as_descriptive():
-    md = _load_results_md()
+def test_results_md_marks_one_seed_rows_as_descriptive(results_md):
+    md = results_md
     base = _variant("none", {0: 0.20, 1: 0.22, 2: 0.21}, baseline=True)
     one = _variant("late", {0: 0.17})
     for v in (base, one):
