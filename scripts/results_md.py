@@ -29,6 +29,16 @@ def _median(xs: list[float]) -> float:
     return sorted(xs)[len(xs) // 2]
 
 
+def _wall(res: dict) -> str:
+    """The wall time of the sweep's last invocation, for the runs it trained."""
+    n = res.get("runs_trained")
+    if n is None:  # written before runs_trained was recorded
+        return f"{res.get('seconds', '?')} s for the runs not reused"
+    if n == 0:
+        return "every run trained by an earlier invocation (wall times in the text)"
+    return f"{res.get('seconds', '?')} s for the {n} run{'s' * (n != 1)} trained by the last invocation"
+
+
 def sweep_md(res: dict, paper: dict[str, str]) -> str:
     s = res["settings"]
     bench = next(iter(res["benchmarks"]))
@@ -44,7 +54,7 @@ def sweep_md(res: dict, paper: dict[str, str]) -> str:
         + f" · eval {meta.get('label', bench)} {meta['metric']}, "
         f"first {s['eval_limit']} test problems · "
         + (f"**partial: {res['partial']['finished']} of {res['partial']['runs']} runs finished**"
-           if res.get("partial") else f"{res.get('seconds', '?')} s for the runs not reused"),
+           if res.get("partial") else _wall(res)),
         "",
         "| variant | test accuracy % (mean ± std) | per seed | Δ vs GRPO, paired [95% CI] | train reward (last 3 steps) | s/step | paper |",
         "|---|---|---|---|---|---|---|",

@@ -433,6 +433,10 @@ def test_a_sweep_stopped_early_keeps_the_table_so_far(toy, tmp_path, monkeypatch
     res = json.loads((out / "results.json").read_text())
     assert "partial" not in res and [[r["seed"] for r in v["seeds"]] for v in res["variants"]] == [[0, 1], [0, 1]]
     assert "partial" not in md.sweep_md(res, {}) and "(seed" not in md.sweep_md(res, {})
+    assert res["runs_trained"] == 2 and "for the 2 runs trained by the last invocation" in md.sweep_md(res, {})
+    _ok(runner.invoke(app, argv))  # a third time: nothing to train, and the header says so
+    res = json.loads((out / "results.json").read_text())
+    assert res["runs_trained"] == 0 and "every run trained by an earlier invocation" in md.sweep_md(res, {})
 
 
 def test_a_reused_run_trained_with_other_options_is_refused(toy, tmp_path):

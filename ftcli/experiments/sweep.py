@@ -183,6 +183,9 @@ def run_sweep(cfg: SweepConfig, variants: Sequence[Variant], *, console=None,
             "suite": suite, "eval_limit": cfg.eval_limit, "eval_overrides": eval_over,
             "eval_batch_size": cfg.eval_batch_size, "progress": cfg.progress and jobs == 1,
         })
+    # runs this invocation trains (or resumes): the others were finished by an earlier one
+    n_train = sum(not RunDir(j["run_dir"]).is_finished(resolve_config(j["preset"], **j["train"]).steps)
+                  for j in job_list)
     t_start = time.time()
     trained, meta = {}, dict(ref_meta)
 
@@ -209,7 +212,8 @@ def run_sweep(cfg: SweepConfig, variants: Sequence[Variant], *, console=None,
                 finished(f.result())
     results_rows = [imported.get(k) or trained[k] for k in order]  # variant by variant, seeds in order
     res = _aggregate(cfg, variants, results_rows, meta, settings)
-    res["seconds"] = round(time.time() - t_start, 1)
+    res["seconds"] = round(time.time() - t_start, 1)  # wall time of this invocation
+    res["runs_trained"] = n_train
     _write_sweep(out, res)
     return res
 
