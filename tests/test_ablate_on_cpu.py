@@ -439,6 +439,34 @@ def test_a_sweep_stopped_early_keeps_the_table_so_far(toy, tmp_path, monkeypatch
     assert res["runs_trained"] == 0 and "every run trained by an earlier invocation" in md.sweep_md(res, {})
 
 
+def test_a_sweep_cut_short_keeps_every_run_finished_before(toy, tmp_path, monkeypatch):
+    """Runs that an earlier invocation trained and evaluated are read first, so a sweep that
+    stops at its first new training still writes them all (not only those of seed 0)."""
+    import ftcli.experiments.sweep as sweep
+
+    suite = tmp_path / "toy.toml"
+    suite.write_text(SUITE)
+    out = tmp_path / "grow"
+    argv = ["ablate", "credit", "--model", "tiny-qwen3", "--task", "abl-toy", "--steps", "1", "--prompts", "1",
+            "--group-size", "2", "--max-new-tokens", "4", "--eval-suite", str(suite), "--eval-limit", "2",
+            "--seeds", "0,1", "--out", str(out), "-q"]
+    _ok(runner.invoke(app, [*argv, "--rules", "none"]))  # GRPO on seeds 0 and 1
+    real, heads = sweep._sweep_job, []
+
+    def stop_at_new_training(job, **kw):
+        heads.append(job["head"])
+        if not sweep._is_trained(job):
+            raise KeyboardInterrupt  # stopped before the first run this invocation trains
+        return real(job, **kw)
+
+    monkeypatch.setattr(sweep, "_sweep_job", stop_at_new_training)
+    assert runner.invoke(app, [*argv, "--rules", "none,flow"]).exit_code != 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["partial"] == {"finished": 2, "runs": 4}
+    assert [[r["seed"] for r in v["seeds"]] for v in res["variants"]] == [[0, 1], []]
+    assert heads[0].startswith("[1/4]") and "GRPO" in heads[1] and "seed 1" in heads[1]
+
+
 def test_a_reused_run_trained_with_other_options_is_refused(toy, tmp_path):
     """A finished run shared into another sweep (scripts' `share`) is reused only when it was
     trained with the options this sweep asks for: another group size or clip is an error."""

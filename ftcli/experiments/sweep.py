@@ -66,6 +66,28 @@ def _eval_stamp(run_dir: Path, suite: str, limit: int | None, overrides: dict) -
     return {"suite": suite, "limit": limit, "overrides": overrides, "weights": weights}
 
 
+def _reusable_eval(job: dict) -> tuple[Path, Path, dict, dict | None]:
+    """(eval folder, stamp file, stamp, results doc or None): the doc of an evaluation of the
+    job's final checkpoint made with this suite, limit, overrides and these weights."""
+    run_dir = Path(job["run_dir"]).resolve()  # a run shared by symlink is evaluated under its own path
+    suite = job["suite"]
+    eval_dir = run_dir / "eval" / Path(suite).stem
+    stamp = _eval_stamp(run_dir, suite, job["eval_limit"], job["eval_overrides"])
+    stamp_file, res_file = eval_dir / "sweep_stamp.json", eval_dir / "results.json"
+    doc = None
+    if stamp_file.is_file() and res_file.is_file():
+        try:
+            if json.loads(stamp_file.read_text(encoding="utf-8")) == stamp:
+                doc = json.loads(res_file.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            doc = None
+    return eval_dir, stamp_file, stamp, doc
+
+
+def _is_trained(job: dict) -> bool:
+    return RunDir(job["run_dir"]).is_finished(resolve_config(job["preset"], **job["train"]).steps)
+
+
 def _sweep_job(job: dict, *, console=None, train_fn: Callable | None = None,
                eval_fn: Callable | None = None) -> dict:
     """Train (or resume, or reuse) one variant x seed, evaluate its final checkpoint (or reuse
@@ -88,18 +110,10 @@ def _sweep_job(job: dict, *, console=None, train_fn: Callable | None = None,
             train_fn(tcfg, resume=resume, console=console)
     run_dir = run_dir.resolve()  # a run shared by symlink is evaluated under its own path
     suite, limit = job["suite"], job["eval_limit"]
-    eval_dir = run_dir / "eval" / Path(suite).stem
-    stamp = _eval_stamp(run_dir, suite, limit, job["eval_overrides"])
-    stamp_file, res_file = eval_dir / "sweep_stamp.json", eval_dir / "results.json"
-    doc = None
-    if stamp_file.is_file() and res_file.is_file():
-        try:
-            if json.loads(stamp_file.read_text(encoding="utf-8")) == stamp:
-                doc = json.loads(res_file.read_text(encoding="utf-8"))
-                console.print(f"{head}: evaluated (reused)")
-        except (OSError, json.JSONDecodeError):
-            doc = None
-    if doc is None:
+    eval_dir, stamp_file, stamp, doc = _reusable_eval(job)
+    if doc is not None:
+        console.print(f"{head}: evaluated (reused)")
+    else:
         console.print(f"{head}: evaluating on {suite}" + (f" (first {limit})" if limit else ""))
         with progress_bar("[bold]eval[/] {task.description}", console=console,
                           disable=not job["progress"], transient=True) as prog:
@@ -167,15 +181,12 @@ def run_sweep(cfg: SweepConfig, variants: Sequence[Variant], *, console=None,
     order = [(v.key, seed) for v in variants for seed in seeds_of[v.key]]  # variant by variant
     by_key = {v.key: v for v in variants}
     job_list = []
-    # trained seed by seed (every variant of a seed before the next seed): a sweep cut short
-    # leaves whole paired seeds, not some variants with all their seeds and others with none
-    for key, seed in sorted(order, key=lambda k: k[1]):
+    for key, seed in order:
         if (key, seed) in imported:
             continue
         v = by_key[key]
         run_dir = out / "runs" / v.key / f"seed{seed}"
         job_list.append({
-            "head": f"[{len(job_list) + 1}/{n_jobs}] {cfg.name} · {v.label} · seed {seed}",
             "variant": v.key, "label": v.label, "seed": seed, "run_dir": str(run_dir),
             "preset": cfg.preset,
             "train": {**cfg.base, **v.train, "seed": seed, "out": str(run_dir),
@@ -183,9 +194,15 @@ def run_sweep(cfg: SweepConfig, variants: Sequence[Variant], *, console=None,
             "suite": suite, "eval_limit": cfg.eval_limit, "eval_overrides": eval_over,
             "eval_batch_size": cfg.eval_batch_size, "progress": cfg.progress and jobs == 1,
         })
-    # runs this invocation trains (or resumes): the others were finished by an earlier one
-    n_train = sum(not RunDir(j["run_dir"]).is_finished(resolve_config(j["preset"], **j["train"]).steps)
-                  for j in job_list)
+    trained_before = [_is_trained(j) for j in job_list]
+    done = {id(j) for j, t in zip(job_list, trained_before) if t and _reusable_eval(j)[3] is not None}
+    # first the runs an earlier invocation finished (read, not run: a table cut short holds
+    # them all), then seed by seed (every variant of a seed before the next seed): a sweep cut
+    # short leaves whole paired seeds, not some variants with all their seeds and others with none
+    job_list.sort(key=lambda j: (id(j) not in done, j["seed"]))
+    for i, j in enumerate(job_list):
+        j["head"] = f"[{i + 1}/{n_jobs}] {cfg.name} · {j['label']} · seed {j['seed']}"
+    n_train = trained_before.count(False)  # runs this invocation trains (or resumes)
     t_start = time.time()
     trained, meta = {}, dict(ref_meta)
 
