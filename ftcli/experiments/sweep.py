@@ -85,6 +85,7 @@ def _reusable_eval(job: dict) -> tuple[Path, Path, dict, dict | None]:
 
 
 def _is_trained(job: dict) -> bool:
+    """The job's run folder holds a final checkpoint with all its steps."""
     return RunDir(job["run_dir"]).is_finished(resolve_config(job["preset"], **job["train"]).steps)
 
 
