@@ -29,6 +29,15 @@ def _median(xs: list[float]) -> float:
     return sorted(xs)[len(xs) // 2]
 
 
+def _results_files(folder: Path) -> list[Path]:
+    """The folder's results.json; a folder without one stands for its subfolders that have one
+    (results/regime-levers/*). A missing file is returned as is, so that reading it says so."""
+    own = folder / "results.json"
+    if own.is_file() or not folder.is_dir():
+        return [own]
+    return sorted(folder.glob("*/results.json")) or [own]
+
+
 def _wall(res: dict) -> str:
     """The wall time of the sweep's last invocation, for the runs it trained."""
     n = res.get("runs_trained")
@@ -204,10 +213,7 @@ def main(argv: list[str]) -> None:
             paper[k] = v
         else:
             folders.append(Path(a))
-    # a folder without results.json stands for its subfolders that have one (results/regime-levers/*)
-    files = [p for f in folders for p in ([f / "results.json"] if (f / "results.json").is_file() or not f.is_dir()
-                                          else sorted(f.glob("*/results.json")) or [f / "results.json"])]
-    for path in files:
+    for path in (p for f in folders for p in _results_files(f)):
         res = json.loads(path.read_text(encoding="utf-8"))
         if "variants" in res:
             print(sweep_md(res, paper))

@@ -195,15 +195,15 @@ def run_sweep(cfg: SweepConfig, variants: Sequence[Variant], *, console=None,
             "suite": suite, "eval_limit": cfg.eval_limit, "eval_overrides": eval_over,
             "eval_batch_size": cfg.eval_batch_size, "progress": cfg.progress and jobs == 1,
         })
-    trained_before = [_is_trained(j) for j in job_list]
-    done = {id(j) for j, t in zip(job_list, trained_before) if t and _reusable_eval(j)[3] is not None}
+    trained_before = {j["run_dir"] for j in job_list if _is_trained(j)}
+    n_train = len(job_list) - len(trained_before)  # runs this invocation trains (or resumes)
+    done = {j["run_dir"] for j in job_list if j["run_dir"] in trained_before and _reusable_eval(j)[3] is not None}
     # first the runs an earlier invocation finished (read, not run: a table cut short holds
     # them all), then seed by seed (every variant of a seed before the next seed): a sweep cut
     # short leaves whole paired seeds, not some variants with all their seeds and others with none
-    job_list.sort(key=lambda j: (id(j) not in done, j["seed"]))
+    job_list.sort(key=lambda j: (j["run_dir"] not in done, j["seed"]))
     for i, j in enumerate(job_list):
         j["head"] = f"[{i + 1}/{n_jobs}] {cfg.name} · {j['label']} · seed {j['seed']}"
-    n_train = trained_before.count(False)  # runs this invocation trains (or resumes)
     t_start = time.time()
     trained, meta = {}, dict(ref_meta)
 
