@@ -10,7 +10,8 @@ seconds per step; under the table, the evaluation's standard error per run (over
 the minimal paired difference detectable at 80% power with the seeds used; the results of a
 sweep still running or stopped early say so and name the seeds each row has. An intervention folder
 (`ft ablate intervene`) gives the Table 1 layout with counts and Wilson intervals; a token-class
-or answer-format folder (`ft ablate tokens|format`) gives the Sec. 5.2 tables.
+or answer-format folder (`ft ablate tokens|format`) gives the Sec. 5.2 tables; each says under it
+its noise floor and the smallest difference it can detect.
 `--paper LABEL=NUMBER` adds the paper's number to the row of that variant label.
 """
 
@@ -41,8 +42,11 @@ def _results_files(folder: Path) -> list[Path]:
 def _wall(res: dict) -> str:
     """The wall time of the sweep's last invocation, for the runs it trained."""
     n = res.get("runs_trained")
-    if n is None:  # written before runs_trained was recorded
-        return f"{res.get('seconds', '?')} s for the runs not reused"
+    if n is None:  # written before runs_trained was recorded: no time means nothing trained
+        if not res.get("seconds", 1):
+            n = 0
+        else:
+            return f"{res.get('seconds', '?')} s for the runs not reused"
     if n == 0:
         return "every run trained by an earlier invocation (wall times in the text)"
     return f"{res.get('seconds', '?')} s for the {n} run{'s' * (n != 1)} trained by the last invocation"
@@ -139,6 +143,20 @@ def intervene_md(res: dict) -> str:
                      f"{cell(a['reversed'])} | {a['correct_to_wrong']['k']}/{a['correct_to_wrong']['n']} | "
                      f"{a['wrong_to_correct']['k']}/{a['wrong_to_correct']['n']} | "
                      f"{'—' if not pp else f'{pp[0]} / {pp[1]}'} |")
+    n = res["used"]
+    if n:
+        from ftcli.experiments.stats import proportion_mdd
+
+        ref = res["arms"].get("random")  # the middle arm: the rates a difference is measured from
+
+        def mdd(key):
+            return 100 * proportion_mdd(ref[key]["rate"] if ref else 0.5, n)
+
+        lines += ["", f"noise floor: the standard error of one arm's rate is at most {50 / n ** 0.5:.1f} points "
+                      f"({n} problems); minimal detectable difference between two arms (80% power, two-sided 5%, "
+                      f"as if unpaired; the arms share their problems, and a paired test does better when their outcomes "
+                      f"agree) at the random arm's rates: "
+                      f"{mdd('changed'):.1f} points of answer change, {mdd('reversed'):.1f} of reversal."]
     return "\n".join(lines)
 
 
@@ -161,6 +179,16 @@ def tokens_md(res: dict) -> str:
     def toks(key):
         return ", ".join(f"`{x['token']}` ({x['rel_tau']:.2f})" for x in res[key][:10])
 
+    selected = sum(r["selected"] for r in res["classes"].values())
+    if selected:
+        from ftcli.experiments.stats import proportion_mdd, proportion_stderr
+
+        r = next(iter(res["classes"].values()))  # with two classes both give the same numbers
+        lines += ["", f"noise floor: the standard error of a class's share of the top set is "
+                      f"{100 * proportion_stderr(r['share_selected'], selected):.1f} points ({selected} selected tokens "
+                      f"counted as independent; the tokens of one response are not, so the true error is larger); "
+                      f"minimal detectable difference between a class's share of the top set and of the reasoning "
+                      f"tokens (80% power, two-sided 5%): {100 * proportion_mdd(r['share_tokens'], selected, arms=1):.1f} points."]
     lines += ["", f"Highest mean relative throughput: {toks('top_tokens')}.",
               f"Lowest: {toks('bottom_tokens')}."]
     return "\n".join(lines)
@@ -185,6 +213,15 @@ def format_md(res: dict) -> str:
         lines.append(f"| {r['label']} | {num(r['overlap_mean'])} ± {num(r['overlap_std'])} | {num(r['jaccard_mean'])} | "
                      f"{num(r['spearman_mean'])} ± {num(r['spearman_std'])} |")
     lines += ["", f"Chance overlap of a random set of the same size: {num(res['chance_overlap'])}."]
+    sds = [r["overlap_std"] for k, r in res["formats"].items() if k != res.get("reference") and r["overlap_std"]]
+    n = res["used"]
+    if sds and n:
+        from ftcli.experiments.stats import mean_mdd
+
+        sd = _median(sds)
+        lines[-1] += (f" Noise floor: the standard error of a mean overlap is {sd / n ** 0.5:.3f} (median over "
+                      f"formats, {n} problems); minimal detectable difference between two formats' mean overlaps "
+                      f"(80% power, two-sided 5%, as if unpaired): {mean_mdd(sd, n):.3f}.")
     return "\n".join(lines)
 
 

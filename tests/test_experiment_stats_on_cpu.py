@@ -5,7 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from ftcli.experiments.stats import minimal_detectable_difference, paired_difference, t_quantile
+from ftcli.experiments.stats import (
+    mean_mdd,
+    minimal_detectable_difference,
+    paired_difference,
+    proportion_mdd,
+    proportion_stderr,
+    t_quantile,
+)
 from ftcli.experiments.sweep import paired_vs_baseline
 from ftcli.metrics import metric_stderr
 
@@ -82,6 +89,9 @@ def test_results_md_prints_interval_and_detectable_difference(results_md):
     assert "minimal detectable paired difference" in md and "3 seeds" in md
     assert "noise floor of one evaluation (sampling alone, the problems fixed): standard error 0.60 points" in md
     assert "standard error per run" in md and "1.00 points" in md
+    # results.json written before runs_trained was recorded: the time says what trained
+    assert "12.5 s for the runs not reused" in mod.sweep_md({**res, "seconds": 12.5}, {})
+    assert "every run trained by an earlier invocation" in mod.sweep_md({**res, "seconds": 0.0}, {})
 
 
 def test_variant_seeds_spare_only_the_reference_rows():
@@ -107,19 +117,58 @@ def test_results_md_renders_the_section_5_2_tables(results_md):
     md = results_md
     settings = {"model": "m", "task": "gsm8k", "source": "gold", "ratio": 0.4}
     tokens = {"experiment": "tokens", "settings": settings, "problems": 5, "used": 4,
-              "classes": {"structural": {"share_tokens": 0.3, "share_selected": 0.45, "selected_ci": [0.4, 0.5],
-                                         "share_tau": 0.5, "lift": 1.5},
-                          "semantic": {"share_tokens": 0.7, "share_selected": 0.55, "selected_ci": [0.5, 0.6],
-                                       "share_tau": 0.5, "lift": 0.55 / 0.7}},
+              "classes": {"structural": {"selected": 45, "share_tokens": 0.3, "share_selected": 0.45,
+                                         "selected_ci": [0.4, 0.5], "share_tau": 0.5, "lift": 1.5},
+                          "semantic": {"selected": 55, "share_tokens": 0.7, "share_selected": 0.55,
+                                       "selected_ci": [0.5, 0.6], "share_tau": 0.5, "lift": 0.55 / 0.7}},
               "top_tokens": [{"token": "=", "rel_tau": 2.5}], "bottom_tokens": [{"token": "the", "rel_tau": 0.2}]}
     out = md.tokens_md(tokens)
     assert "| structural | 30.0 | 45.0 [40.0, 50.0] | 50.0 | 1.50 |" in out
     assert "`=` (2.50)" in out and "`the` (0.20)" in out
+    # 100 selected tokens: se sqrt(.45 .55 / 100) = 4.97 points; mdd 2.8016 sqrt(.3 .7 / 100) = 12.84 points
+    assert "share of the top set is 5.0 points (100 selected tokens" in out and ": 12.8 points." in out
     fmt = {"experiment": "format", "settings": settings, "problems": 5, "used": 5, "chance_overlap": 0.4,
            "formats": {"value": {"label": "bare value", "overlap_mean": 1.0, "overlap_std": 0.0, "jaccard_mean": 1.0,
                                  "spearman_mean": 1.0, "spearman_std": 0.0}}}
     out = md.format_md(fmt)
     assert "| bare value | 1.00 ± 0.00 | 1.00 | 1.00 ± 0.00 |" in out and "0.40" in out
+    assert "Noise floor" not in out  # the reference alone: nothing to compare
+    fmt.update(reference="value", formats={**fmt["formats"], "line": {
+        "label": "full line", "overlap_mean": 0.8, "overlap_std": 0.1, "jaccard_mean": 0.7,
+        "spearman_mean": 0.9, "spearman_std": 0.05}})
+    out = md.format_md(fmt)  # sd 0.1 over 5 problems: se 0.045, mdd 2.8016 * 0.1 * sqrt(2 / 5) = 0.177
+    assert "standard error of a mean overlap is 0.045" in out and "as if unpaired): 0.177." in out
+
+
+def test_detectable_differences_of_rates_and_means():
+    assert proportion_stderr(0.2, 100) == pytest.approx(0.04)
+    k = 1.959964 + 0.841621  # z_.975 + z_.8
+    assert mean_mdd(0.1, 5) == pytest.approx(k * 0.1 * math.sqrt(2 / 5), rel=1e-6)
+    assert mean_mdd(0.1, 5, arms=1) == pytest.approx(k * 0.1 / math.sqrt(5), rel=1e-6)
+    assert proportion_mdd(0.5, 100) == pytest.approx(k * math.sqrt(0.5 / 100), rel=1e-6)
+    assert proportion_mdd(0.5, 100, alpha=0.01, power=0.9) == pytest.approx((2.575829 + 1.281552) * math.sqrt(0.005),
+                                                                             rel=1e-6)
+    assert proportion_mdd(0.5, 0) is None and proportion_stderr(0.5, 0) is None
+    with pytest.raises(ValueError):
+        proportion_mdd(0.5, 10, arms=3)
+
+
+def test_results_md_renders_table_1_with_its_detectable_difference(results_md):
+    def arm(label, changed, reversed_):
+        return {"label": label, "mean_blocked": 3.0, "changed": proportion_like(changed), "reversed": proportion_like(reversed_),
+                "correct_to_wrong": {"k": 1, "n": 2}, "wrong_to_correct": {"k": 0, "n": 98}}
+
+    def proportion_like(k):
+        return {"k": k, "n": 100, "rate": k / 100, "ci": [0.0, 1.0]}
+
+    res = {"settings": {"model": "m", "task": "countdown", "split": "test"}, "used": 100, "problems": 104,
+           "original_accuracy": proportion_like(2), "paper": {"top": [45.9, 14.9]},
+           "arms": {"top": arm("Top-20% flow", 90, 20), "random": arm("Random 20%", 50, 10)}}
+    out = results_md.intervene_md(res)
+    assert "| Top-20% flow | 3.0 | 90.0 [0.0, 100.0] (90/100) |" in out and "| 45.9 / 14.9 |" in out
+    # se at most 50 / sqrt(100) = 5 points; mdd at the random arm: 2.8016 sqrt(2 .5 .5 / 100) = 19.8,
+    # 2.8016 sqrt(2 .1 .9 / 100) = 11.9
+    assert "at most 5.0 points (100 problems)" in out and "19.8 points of answer change, 11.9 of reversal." in out
 
 
 def test_sampling_stderr_counts_only_the_noise_within_problems():

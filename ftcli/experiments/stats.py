@@ -1,5 +1,5 @@
 """Statistics of the experiments: Wilson intervals, mean/std, Spearman, medians, answer equality,
-and the arms' token selection."""
+the arms' token selection, paired t intervals and the differences a design can detect."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import math
 import re
 from collections.abc import Sequence
 from fractions import Fraction
+from statistics import NormalDist
 
 import torch
 
@@ -158,3 +159,33 @@ def minimal_detectable_difference(sd_diff: float, n: int, alpha: float = 0.05, p
     if n < 2:
         return None
     return (t_quantile(1 - alpha / 2, n - 1) + t_quantile(power, n - 1)) * sd_diff / math.sqrt(n)
+
+
+def proportion_stderr(p: float, n: int) -> float | None:
+    """Standard error of a rate p measured over n independent units: sqrt(p (1 - p) / n).
+    None for n = 0."""
+    if n <= 0:
+        return None
+    return math.sqrt(p * (1 - p) / n)
+
+
+def proportion_mdd(p: float, n: int, arms: int = 2, alpha: float = 0.05, power: float = 0.8) -> float | None:
+    """Smallest true difference in a rate near p that a two-sided z test at level `alpha` detects
+    with probability `power`: `mean_mdd` with sd = sqrt(p (1 - p)).
+
+    arms = 2: two rates, each over n units (for two arms measured on the same units, a paired
+    test does at least this well when their outcomes correlate positively); arms = 1: one rate
+    against a known value. None for n = 0."""
+    return mean_mdd(math.sqrt(p * (1 - p)), n, arms, alpha, power)
+
+
+def mean_mdd(sd: float, n: int, arms: int = 2, alpha: float = 0.05, power: float = 0.8) -> float | None:
+    """Smallest true difference in a mean of n values with standard deviation sd that a two-sided
+    z test at level `alpha` detects with probability `power`: (z_{1-alpha/2} + z_power) sd sqrt(arms / n);
+    arms = 2 compares two such means, arms = 1 one mean with a known value. None for n = 0."""
+    if arms not in (1, 2):
+        raise ValueError(f"arms must be 1 or 2, got {arms}")
+    if n <= 0:
+        return None
+    z = NormalDist()
+    return (z.inv_cdf(1 - alpha / 2) + z.inv_cdf(power)) * sd * math.sqrt(arms / n)
