@@ -17,8 +17,7 @@
 #     22.0%, 4 x 16 18.9%, 8 x 8 at lr 2e-4 with a 20-update warm-up 18.1% (start 15.7%); 8 x 16
 #     on 5 seeds: 21.9 +- 0.8, +6.2 over the start (95% interval +5.3 to +7.2), +1.4 over 8 x 8
 #     paired by seed. It costs 1.5x the step time (11 s against 7.4 s).
-#     RESULTS.md's Tables 3 and 5 and Fig. 6 ran at both; its Table 7 at GROUP=8 (the earlier
-#     default) so far.
+#     RESULTS.md's Tables 3, 5 and 7 and Fig. 6 ran at both (GROUP=8 was the earlier default).
 #   - The gains are a sharper sampling distribution (greedy decoding already scores about 28%),
 #     so the evaluation samples at T 1, as the policy is trained; 1,024 problems x 4 samples
 #     put the noise of one evaluation from the sampling alone at 0.5 points (measured).

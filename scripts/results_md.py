@@ -145,14 +145,14 @@ def intervene_md(res: dict) -> str:
                      f"{'—' if not pp else f'{pp[0]} / {pp[1]}'} |")
     n = res["used"]
     if n:
-        from ftcli.experiments.stats import proportion_mdd
+        from ftcli.experiments.stats import proportion_mdd, proportion_stderr
 
         ref = res["arms"].get("random")  # the middle arm: the rates a difference is measured from
 
         def mdd(key):
             return 100 * proportion_mdd(ref[key]["rate"] if ref else 0.5, n)
 
-        lines += ["", f"noise floor: the standard error of one arm's rate is at most {50 / n ** 0.5:.1f} points "
+        lines += ["", f"noise floor: the standard error of one arm's rate is at most {100 * proportion_stderr(0.5, n):.1f} points "
                       f"({n} problems); minimal detectable difference between two arms (80% power, two-sided 5%, "
                       f"as if unpaired; the arms share their problems, and a paired test does better when their outcomes "
                       f"agree) at the random arm's rates: "
