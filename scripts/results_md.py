@@ -42,12 +42,9 @@ def _results_files(folder: Path) -> list[Path]:
 def _wall(res: dict) -> str:
     """The wall time of the sweep's last invocation, for the runs it trained."""
     n = res.get("runs_trained")
-    if n is None:  # written before runs_trained was recorded: no time means nothing trained
-        if not res.get("seconds", 1):
-            n = 0
-        else:
-            return f"{res.get('seconds', '?')} s for the runs not reused"
-    if n == 0:
+    if n is None and res.get("seconds", 1):  # written before runs_trained was recorded
+        return f"{res.get('seconds', '?')} s for the runs not reused"
+    if not n:  # none trained (an old file: no time spent)
         return "every run trained by an earlier invocation (wall times in the text)"
     return f"{res.get('seconds', '?')} s for the {n} run{'s' * (n != 1)} trained by the last invocation"
 
