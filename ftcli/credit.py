@@ -26,6 +26,10 @@ into weights, identically for every rule:
   (s+ = max(s, 0): magnitude weightings ignore negative scores.)
 - `nonneg_only` (the sister paper's "only non-negative advantages"): sequences with A < 0 get
   uniform weights.
+- `token_filter` (Sec. 5.2, `--credit-tokens structural|semantic`): only the response tokens of
+  one class may be credited, and the selection runs within the class: with n_c of them, the
+  first ceil(ratio * n_c) by score (the paper's "Top-40% high-flow tokens within each subset";
+  continuous weightings normalise over the class's tokens).
 
 Rules (the definitions this implementation chose; also in the README):
 - `none`: plain GRPO, all weights 1.
@@ -38,14 +42,27 @@ Rules (the definitions this implementation chose; also in the README):
   input embedding (one extra forward/backward, no parameter gradients). It targets the same
   answer span as the flow, so both baselines answer "which tokens does the answer depend on";
   no answer span -> uniform fallback.
-- `correlation`: the token-level covariance between log-probability and advantage
-  (Cui et al. 2025, "The Entropy Mechanism of RL for Reasoning LMs", Clip-Cov):
+- `correlation` (the paper's "Correlation (Nie et al., 2025), selecting tokens with strong mutual
+  dependencies"): Nie et al.'s own definition was not found in any source this project could
+  read, so this is our reading of the FlowTracer paper's one-line description, a correlation
+  that is mutual (symmetric) between tokens. With h_t the policy's hidden state of token t
+  averaged over the middle layers' outputs ([L//3, 2L//3), the layers of W) and rho the Pearson
+  correlation over the hidden features,
+      s_k = 1/(n - 1) * sum_{j in R, j != k} |rho(h_k, h_j)|      (n = |R|, the response)
+  the mean absolute correlation of token k with the other response tokens (one extra no-grad
+  forward; a response of one token gets 0).
+- `attention` (the paper's "Attention (Li et al., 2025d), using maximum attention scores as a
+  proxy for importance"): the maximum attention a token receives from a later token, on the
+  same captured W as the flow: s_k = max_{t > k} W[k, t] (0 for the last token). W is already
+  the mean over heads and layers (Eq. 1), so the maximum is over the later queries only.
+- `clip-cov` (formerly `correlation`): the token-level covariance between log-probability and
+  advantage (Cui et al. 2025, "The Entropy Mechanism of RL for Reasoning LMs", Clip-Cov):
   s_t = A_i * (log pi(y_t) - mean_{t' in R_i} log pi(y_t')), centred within the response so the
   score does not depend on how the batch is split; A = 0 (a group with equal rewards) gives 0.
-- `attention`: the sister paper's Future Attention Influence (arXiv 2510.13554, Def. 4.1) on the
-  same captured W as the flow: s_k = mean of W[k, t] over later response tokens t with
-  k + 10 <= t <= k + 50 (`--fai-window`), 0 when no such t. (That paper averages "global"
-  heads only; here all heads of the chosen layers, the W the flow uses.)
+- `fai` (formerly `attention`): the sister paper's Future Attention Influence (arXiv 2510.13554,
+  Def. 4.1) on the same captured W as the flow: s_k = mean of W[k, t] over later response
+  tokens t with k + 10 <= t <= k + 50 (`--fai-window`), 0 when no such t. (That paper averages
+  "global" heads only; here all heads of the chosen layers, the W the flow uses.)
 - `flow`: FlowTracer (`ftcli.flow.trace_flow`) on the middle-layer W with the task's question
   and answer spans: scores = throughput tau; sequences with no answer or question span get the
   uniform fallback. With `binary` weighting the weights equal `trace_flow(...).weights`.
@@ -58,6 +75,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ftcli.attention import layer_range, num_layers
 from ftcli.flow import credit_weights, select_tokens, trace_flow
 from ftcli.grpo import token_logprobs
 
@@ -188,35 +206,18 @@ def score_entropy(inputs: CreditInputs, opts: CreditOptions):
     return _require(inputs, "entropy", "entropy").float(), None
 
 
-@register_rule("correlation", needs=("logp",), summary="advantage x centred log-prob (Clip-Cov)")
+@register_rule("correlation", needs=("model",),
+               summary="mean |correlation| of a token's hidden state with the other response tokens' (Nie et al.)")
 def score_correlation(inputs: CreditInputs, opts: CreditOptions):
-    logp = _require(inputs, "logp", "correlation").float()  # [B, T]
-    r = inputs.response_mask.float()  # [B, T]
-    mean = (logp * r).sum(-1, keepdim=True) / r.sum(-1, keepdim=True).clamp_min(1.0)  # [B, 1]
-    return inputs.advantages.float()[:, None] * (logp - mean) * r, None
+    model = _require(inputs, "model", "correlation")
+    h = middle_hidden_states(model, inputs.input_ids, inputs.attention_mask)  # [B, T, d]
+    return mutual_correlation(h, inputs.response_mask), None
 
 
-@register_rule("attention", needs=("attention",), summary="future attention influence (FAI)")
+@register_rule("attention", needs=("attention",), summary="maximum attention received from a later token")
 def score_attention(inputs: CreditInputs, opts: CreditOptions):
     W = _require(inputs, "W", "attention")  # [B, T, T]
-    lo, hi = opts.fai_window
-    resp = inputs.response_mask
-    B, T = resp.shape
-    out = torch.zeros(B, T, dtype=torch.float32, device=W.device)  # [B, T]
-    for b in range(B):
-        idx = resp[b].nonzero()[:, 0]
-        if idx.numel() == 0:
-            continue
-        r0, n = int(idx[0]), idx.numel()
-        Wr = W[b, r0 : r0 + n, r0 : r0 + n]  # [n, n] keys x queries (view, no copy)
-        total = torch.zeros(n, dtype=torch.float32, device=W.device)  # [n]
-        count = torch.zeros(n, dtype=torch.float32, device=W.device)  # [n]
-        for d in range(lo, min(hi, n - 1) + 1):  # query t = k + d
-            diag = torch.diagonal(Wr, offset=d).float()  # [n - d]
-            total[: n - d] += diag
-            count[: n - d] += 1.0
-        out[b, r0 : r0 + n] = total / count.clamp_min(1.0)
-    return out, None
+    return max_received_attention(W, inputs.response_mask), None
 
 
 @register_rule("flow", needs=("attention",), summary="FlowTracer throughput tau (question -> answer)")
@@ -243,6 +244,110 @@ def score_gradient(inputs: CreditInputs, opts: CreditOptions):
         model, inputs.input_ids, inputs.attention_mask, ans, inputs.response_mask, inputs.temperature
     )
     return scores, fallback
+
+
+@register_rule("clip-cov", needs=("logp",), summary="advantage x centred log-prob (Clip-Cov, Cui et al.)")
+def score_clip_cov(inputs: CreditInputs, opts: CreditOptions):
+    logp = _require(inputs, "logp", "clip-cov").float()  # [B, T]
+    return clip_cov_scores(logp, inputs.advantages, inputs.response_mask), None
+
+
+@register_rule("fai", needs=("attention",), summary="future attention influence: windowed mean of received attention")
+def score_fai(inputs: CreditInputs, opts: CreditOptions):
+    W = _require(inputs, "W", "fai")  # [B, T, T]
+    return future_attention_influence(W, inputs.response_mask, opts.fai_window), None
+
+
+# Rules renamed when `correlation` and `attention` became the FlowTracer paper's baselines:
+# old name -> the rule that computes what the old name did (results written before then).
+RENAMED_RULES = {"correlation": "clip-cov", "attention": "fai"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Scores (one function per formula)
+# ---------------------------------------------------------------------------------------------
+def max_received_attention(W: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """The `attention` rule (FlowTracer paper's baseline, "Attention (Li et al., 2025d), using
+    maximum attention scores as a proxy for importance"): s_k = max_{t > k} W[k, t], the largest
+    attention token k receives from any later token (W: key x query, zero on and below the
+    diagonal and at padding, so the last token gets 0).
+
+    W: [B, T, T], response_mask: [B, T] bool  ->  [B, T] fp32 (0 outside the response)
+    """
+    return W.amax(dim=2).float() * response_mask.float()  # [B, T]
+
+
+def future_attention_influence(W: torch.Tensor, response_mask: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
+    """The `fai` rule (arXiv 2510.13554, Def. 4.1): s_k = mean of W[k, t] over response tokens
+    t with lo <= t - k <= hi (`window` = (lo, hi)); 0 when there is none.
+
+    W: [B, T, T], response_mask: [B, T] bool  ->  [B, T] fp32
+    """
+    lo, hi = window
+    B, T = response_mask.shape
+    out = torch.zeros(B, T, dtype=torch.float32, device=W.device)  # [B, T]
+    for b in range(B):
+        idx = response_mask[b].nonzero()[:, 0]
+        if idx.numel() == 0:
+            continue
+        r0, n = int(idx[0]), idx.numel()
+        Wr = W[b, r0 : r0 + n, r0 : r0 + n]  # [n, n] keys x queries (view, no copy)
+        total = torch.zeros(n, dtype=torch.float32, device=W.device)  # [n]
+        count = torch.zeros(n, dtype=torch.float32, device=W.device)  # [n]
+        for d in range(lo, min(hi, n - 1) + 1):  # query t = k + d
+            diag = torch.diagonal(Wr, offset=d).float()  # [n - d]
+            total[: n - d] += diag
+            count[: n - d] += 1.0
+        out[b, r0 : r0 + n] = total / count.clamp_min(1.0)
+    return out
+
+
+def clip_cov_scores(logp: torch.Tensor, advantages: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """The `clip-cov` rule (Cui et al. 2025, Clip-Cov): s_t = A_i (log pi(y_t) - mean_{R_i} log pi).
+
+    logp: [B, T], advantages: [B], response_mask: [B, T] bool  ->  [B, T] fp32
+    """
+    r = response_mask.float()  # [B, T]
+    mean = (logp * r).sum(-1, keepdim=True) / r.sum(-1, keepdim=True).clamp_min(1.0)  # [B, 1]
+    return advantages.float()[:, None] * (logp - mean) * r
+
+
+def mutual_correlation(h: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """The `correlation` rule (our reading of "selecting tokens with strong mutual dependencies",
+    Nie et al. 2025, as the FlowTracer paper describes it): with rho the Pearson correlation of two
+    tokens' hidden vectors over the features,
+        s_k = 1/(n - 1) sum_{j in R, j != k} |rho(h_k, h_j)|,   n = |R|;
+    0 when n < 2 (and a constant vector correlates with nothing).
+
+    h: [B, T, d], response_mask: [B, T] bool  ->  [B, T] fp32 (0 outside the response)
+    """
+    B, T = response_mask.shape
+    out = torch.zeros(B, T, dtype=torch.float32, device=h.device)  # [B, T]
+    for b in range(B):
+        idx = response_mask[b].nonzero()[:, 0]
+        n = idx.numel()
+        if n < 2:
+            continue
+        z = h[b, idx].float()  # [n, d]
+        z = z - z.mean(dim=-1, keepdim=True)
+        z = z / z.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # rows: centred, unit norm
+        c = (z @ z.T).abs()  # [n, n] |rho|
+        out[b, idx] = (c.sum(dim=1) - c.diagonal()) / (n - 1)
+    return out
+
+
+def middle_hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """h_t: the hidden states after each of the middle layers [L//3, 2L//3) (the layers of W,
+    paper Sec. 3.3), averaged; one no-grad forward keeping the logits of the last position only.
+
+    input_ids, attention_mask: [B, T]  ->  [B, T, d] fp32
+    """
+    layers = layer_range("mid", num_layers(model))
+    with torch.no_grad():
+        out = model(input_ids=input_ids, attention_mask=attention_mask.long(), output_hidden_states=True,
+                    logits_to_keep=1, use_cache=False)
+    hs = out.hidden_states  # (L + 1) x [B, T, d]: embeddings, then each layer's output
+    return torch.stack([hs[layer + 1].float() for layer in layers]).mean(dim=0)  # [B, T, d]
 
 
 def answer_gradient_saliency(
@@ -358,7 +463,8 @@ def weights_from_scores(
 
 
 def compute_credit(rule: CreditRule | str, inputs: CreditInputs, opts: CreditOptions) -> Credit:
-    """Scores of `rule` on `inputs`, then the shared selection. Weights are detached fp32."""
+    """Scores of `rule` on `inputs`, then the shared selection over the response tokens (with
+    `opts.token_filter`: over the response tokens of that class only). Weights are detached fp32."""
     if isinstance(rule, str):
         rule = get_rule(rule)
     resp = inputs.response_mask.bool()
@@ -368,8 +474,6 @@ def compute_credit(rule: CreditRule | str, inputs: CreditInputs, opts: CreditOpt
         return Credit(ones, torch.zeros_like(resp), None, torch.zeros(B, dtype=torch.bool))
     with torch.no_grad():
         scores, fallback = rule.score(inputs, opts)
-    if opts.token_filter is not None:  # a score of 0 is never selected (`select_tokens`)
-        scores = scores * token_filter_mask(opts.token_filter, inputs.input_ids)
     scores = scores.detach().float()
     fallback = (
         torch.zeros(B, dtype=torch.bool, device=resp.device) if fallback is None else fallback.bool()
@@ -377,7 +481,10 @@ def compute_credit(rule: CreditRule | str, inputs: CreditInputs, opts: CreditOpt
     eligible = ~fallback
     if opts.nonneg_only:
         eligible = eligible & (inputs.advantages.to(resp.device) >= 0)
-    weights, credited = weights_from_scores(scores, resp, opts, eligible)
+    pool = resp  # [B, T] the tokens the selection ranks (and counts: ceil(ratio * n))
+    if opts.token_filter is not None:  # Sec. 5.2: the top ratio WITHIN the class
+        pool = resp & token_filter_mask(opts.token_filter, inputs.input_ids).to(resp.device)
+    weights, credited = weights_from_scores(scores, pool, opts, eligible)
     return Credit(weights.detach(), credited, scores, fallback)
 
 
@@ -432,6 +539,7 @@ def token_filter_mask(token_filter: torch.Tensor, input_ids: torch.Tensor) -> to
 
 
 __all__ = [
+    "RENAMED_RULES",
     "RULES",
     "SELECT_MODES",
     "WEIGHTINGS",
@@ -444,8 +552,13 @@ __all__ = [
     "answer_gradient_saliency",
     "compute_credit",
     "continuous_units",
+    "clip_cov_scores",
     "describe_rules",
+    "future_attention_influence",
     "get_rule",
+    "max_received_attention",
+    "middle_hidden_states",
+    "mutual_correlation",
     "register_rule",
     "structural_lookup",
     "token_class",

@@ -412,10 +412,13 @@ def run_benchmark(model, tokenizer, bench: Benchmark, target: Target, out: Path,
                                     completed=(len(pids) - len(todo)) * bench.n)
     t0 = time.time()
     todo_problems = [problems[i] for i in todo]
+    # problems per generate call (each chunk is graded and written before the next: resumable);
+    # vLLM takes large calls (VLLMBackend.chunk_problems) and schedules the rows itself
+    chunk = getattr(eng, "chunk_problems", None) or max(1, batch_size // bench.n)
     for chunk_idx, groups in sample_task(
         model, tokenizer, task, todo_problems, n=bench.n, max_new_tokens=bench.max_new_tokens,
         temperature=bench.temperature, top_p=bench.top_p, top_k=bench.top_k, seed=bench.seed,
-        batch_size=batch_size, chunk=max(1, batch_size // bench.n), backend=eng,
+        batch_size=batch_size, chunk=chunk, backend=eng,
         progress=(lambda k: progress.advance(task_id, k)) if progress is not None else None,
     ):
         idx = [todo[c] for c in chunk_idx]

@@ -19,8 +19,9 @@ the one-hot logits that `_RowSampler` returns as a logits processor), every row 
 decoded until the whole batch stops. Both paths draw the same tokens for the same seed (a row
 consumes one uniform of its own generator per generated token in both).
 
-Backends: `HFBackend` (CPU/GPU, the reference) and `VLLMBackend` (GPU, optional; vLLM's own
-seeding, so samples differ from HF ones). `get_backend("hf" | "vllm")`.
+Backends: `HFBackend` (CPU/GPU, the reference) and `VLLMBackend` (optional; `ftcli.vllm_engine`:
+the same rollouts from vLLM's own sampler, so samples differ from HF ones for the same seed).
+`get_backend("hf" | "vllm")`.
 """
 
 from __future__ import annotations
@@ -120,10 +121,24 @@ class Rollout:
     response_ids: list[int]
     finished: bool  # True: EOS emitted (last response id); False: cut at max_new_tokens
     response_offsets: list[tuple[int, int]] = field(default_factory=list)
+    # the sampling engine's log-prob of each response token (vLLM: under the distribution it
+    # sampled from); None from the HF loop, whose sampler is the trainer's own model
+    logprobs: list[float] | None = None
 
     @property
     def truncated(self) -> bool:
         return not self.finished
+
+    @classmethod
+    def from_ids(cls, tokenizer, prompt_text: str, prompt_ids: Sequence[int], response_ids: Sequence[int],
+                 stops: Sequence[int], logprobs: Sequence[float] | None = None) -> Rollout:
+        """The rollout of sampled `response_ids` (cut after the first stop token by the
+        sampler): decoded text, character offsets, `finished` = the last id is a stop token."""
+        resp = list(response_ids)
+        text = _decode(tokenizer, resp)
+        return cls(prompt_text=prompt_text, response_text=text, prompt_ids=list(prompt_ids), response_ids=resp,
+                   finished=bool(resp) and resp[-1] in stops, response_offsets=token_offsets(tokenizer, resp, text),
+                   logprobs=None if logprobs is None else list(logprobs))
 
 
 def _decode(tokenizer, ids: Sequence[int]) -> str:
@@ -192,6 +207,22 @@ def row_seed(seed: int, prompt: str, occurrence: int, sample: int) -> int:
     h.update(f"{int(seed)}\x00{occurrence}\x00{sample}\x00".encode())
     h.update(prompt.encode("utf-8", "surrogatepass"))
     return int.from_bytes(h.digest(), "little") & ((1 << 63) - 1)
+
+
+def prompt_keys(prompts: Sequence[str], keys: Sequence[int | str] | None = None) -> list[int | str]:
+    """The key of each prompt in its row seeds: `keys` when given (one per prompt), else the
+    occurrence count of the prompt's text so far (0 for its first copy, 1 for the next, ...)."""
+    if keys is not None:
+        keys = list(keys)
+        if len(keys) != len(prompts):
+            raise GenerationError(f"{len(keys)} keys for {len(prompts)} prompts")
+        return keys
+    seen: dict[str, int] = {}
+    out = []
+    for p in prompts:
+        out.append(seen.get(p, 0))
+        seen[p] = out[-1] + 1
+    return out
 
 
 def warp_logits(scores: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
@@ -377,6 +408,15 @@ def _decode_reference(model, prompt_ids: Sequence[Sequence[int]], row_prompt: Se
     return tokens
 
 
+def check_sampling(n: int, max_new_tokens: int, batch_size: int, temperature: float, top_p: float,
+                   top_k: int) -> None:
+    """One-line GenerationError for sampling arguments out of range (every backend)."""
+    if n < 1 or max_new_tokens < 1 or batch_size < 1:
+        raise GenerationError("n, max_new_tokens and batch_size must be >= 1")
+    if temperature < 0 or not (0.0 < top_p <= 1.0) or top_k < 0:
+        raise GenerationError("need temperature >= 0, 0 < top_p <= 1, top_k >= 0")
+
+
 def generate(
     model,
     tokenizer,
@@ -391,6 +431,7 @@ def generate(
     batch_size: int = 16,
     progress: ProgressFn | None = None,
     compact: bool = True,
+    keys: Sequence[int | str] | None = None,
 ) -> list[list[Rollout]]:
     """Sample `n` responses per prompt (KV cache, left padding).
 
@@ -401,11 +442,13 @@ def generate(
     order. `compact=True` (default): own decode loop, one prefill per distinct prompt of a
     batch, finished rows dropped from the batch; `compact=False`: the HF `model.generate`
     reference path (same tokens for the same seed, up to float differences).
+
+    `keys[i]` (optional) names prompt i in the row seeds instead of its occurrence count among
+    equal prompt texts: the trainer passes each prompt's global position in the step, so two
+    ranks that draw the same problem sample different rows, and a prompt's rows do not depend
+    on how the step is split over ranks.
     """
-    if n < 1 or max_new_tokens < 1 or batch_size < 1:
-        raise GenerationError("n, max_new_tokens and batch_size must be >= 1")
-    if temperature < 0 or not (0.0 < top_p <= 1.0) or top_k < 0:
-        raise GenerationError("need temperature >= 0, 0 < top_p <= 1, top_k >= 0")
+    check_sampling(n, max_new_tokens, batch_size, temperature, top_p, top_k)
     prompts = list(prompts)
     if not prompts:
         return []
@@ -415,12 +458,9 @@ def generate(
     if any(len(p) == 0 for p in prompt_ids):
         raise GenerationError("empty prompt")
 
-    seen: dict[str, int] = {}
     rows = []  # (prompt index, sample index, row seed)
-    for i, p in enumerate(prompts):
-        occ = seen.get(p, 0)
-        seen[p] = occ + 1
-        rows += [(i, j, row_seed(seed, p, occ, j)) for j in range(n)]
+    for i, (p, key) in enumerate(zip(prompts, prompt_keys(prompts, keys), strict=True)):
+        rows += [(i, j, row_seed(seed, p, key, j)) for j in range(n)]
     order = sorted(range(len(rows)), key=lambda r: -len(prompt_ids[rows[r][0]]))  # stable
 
     results: dict[tuple[int, int], Rollout] = {}
@@ -436,15 +476,7 @@ def generate(
             with torch.no_grad():
                 new = decode(model, list(distinct), row_prompt, sampler, stops, pad_id, max_new_tokens)
             for (i, j, _), resp in zip(batch, new, strict=True):
-                text = _decode(tokenizer, resp)
-                results[(i, j)] = Rollout(
-                    prompt_text=prompts[i],
-                    response_text=text,
-                    prompt_ids=list(prompt_ids[i]),
-                    response_ids=resp,
-                    finished=bool(resp) and resp[-1] in stops,
-                    response_offsets=token_offsets(tokenizer, resp, text),
-                )
+                results[(i, j)] = Rollout.from_ids(tokenizer, prompts[i], prompt_ids[i], resp, stops)
             if progress is not None:
                 progress(len(batch))
     finally:
@@ -474,67 +506,38 @@ class HFBackend:
 
 
 class VLLMBackend:
-    """vLLM (GPU only, optional: `pip install vllm`). Imported lazily; the engine is built on
-    the first `generate` from `model_path` (a local folder or hub id; vLLM loads its own
-    weights, so the HF `model` argument may be None).
-
-    Samples are seeded per request with the same key as HF rows, `row_seed(seed, prompt,
-    occurrence, j)`, but vLLM's sampler differs, so samples are not identical to HF ones.
-    Untested in CI (no vLLM on CPU machines).
-    """
+    """vLLM (optional: `pip install 'ftcli[gpu]'`; on CPU `just vllm-setup`): an adapter over
+    `ftcli.vllm_engine`, whose rollouts match `generate`'s (same prompt ids, stops, `finished`
+    flags, row seeds; vLLM's own sampler, so other tokens for the same seed) and carry vLLM's
+    log-probs. The engine is built on the first `generate` from `model_path` (a folder or hub
+    id; vLLM loads its own weights, so the HF `model` argument may be None: it only adds its
+    EOS ids) and reused by later backends of the same options; `engine=` wraps one that exists
+    (the trainer's). `engine_options`: fields of `ftcli.vllm_engine.EngineOptions`."""
 
     name = "vllm"
+    chunk_problems = 512  # `ft eval`: problems per engine call (vLLM schedules the rows itself)
 
-    def __init__(self, model_path: str | None = None, **llm_kwargs):
-        try:
-            import vllm  # noqa: F401
-        except ImportError:
-            raise GenerationError(
-                "the vllm backend needs vLLM on a GPU machine (pip install vllm); use --backend hf"
-            ) from None
-        self.model_path, self.llm_kwargs, self._llm = model_path, llm_kwargs, None
+    def __init__(self, model_path: str | None = None, engine=None, **engine_options):
+        from ftcli.vllm_engine import require_vllm
 
-    def _engine(self, model):
-        from vllm import LLM
+        require_vllm()
+        self.model_path, self.engine_options, self._engine = model_path, engine_options, engine
 
-        if self._llm is None:
+    def engine(self, model=None):
+        """The `ftcli.vllm_engine.VLLMEngine` (built or reused on first use)."""
+        from ftcli.vllm_engine import EngineOptions, VLLMEngine
+
+        if self._engine is None:
             path = self.model_path or getattr(model, "name_or_path", None)
             if not path:
                 raise GenerationError("the vllm backend needs model_path (a model folder or hub id)")
-            self._llm = LLM(model=str(path), **self.llm_kwargs)
-        return self._llm
+            self._engine = VLLMEngine.shared(EngineOptions(model=str(path), **self.engine_options))
+            if self._engine.synced:  # a trainer in this process changed its weights
+                self._engine.reset_weights()
+        return self._engine
 
-    def generate(self, model, tokenizer, prompts, *, n=1, max_new_tokens=256, temperature=1.0,
-                 top_p=1.0, top_k=0, seed=0, batch_size=16, progress=None):
-        from vllm import SamplingParams
-
-        llm = self._engine(model)
-        stops = stop_token_ids(model, tokenizer)
-        pids = [encode_prompt(tokenizer, p) for p in prompts]
-        reqs, params, seen = [], [], {}
-        for i, p in enumerate(prompts):
-            occ = seen.get(p, 0)
-            seen[p] = occ + 1
-            for j in range(n):
-                reqs.append({"prompt_token_ids": pids[i]})
-                params.append(SamplingParams(
-                    n=1, temperature=temperature, top_p=top_p, top_k=top_k if top_k > 0 else -1,
-                    max_tokens=max_new_tokens, seed=row_seed(seed, p, occ, j) % (2**31),
-                    stop_token_ids=stops, skip_special_tokens=True))
-        outs = llm.generate(reqs, params, use_tqdm=False)
-        res = []
-        for i, p in enumerate(prompts):
-            group = []
-            for j in range(n):
-                o = outs[i * n + j].outputs[0]
-                ids = list(o.token_ids)
-                text = _decode(tokenizer, ids)
-                group.append(Rollout(p, text, list(pids[i]), ids, o.finish_reason == "stop",
-                                     token_offsets(tokenizer, ids, text)))
-            res.append(group)
-        if progress is not None:
-            progress(len(prompts) * n)
-        return res
+    def generate(self, model, tokenizer, prompts, **kw):
+        return self.engine(model).generate(tokenizer, prompts, stops=stop_token_ids(model, tokenizer), **kw)
 
 
 BACKENDS = {"hf": HFBackend, "vllm": VLLMBackend}

@@ -5,8 +5,11 @@ responses o_1..o_G with scalar rewards r_i; token t of response i has the import
 rho_{i,t} = pi_theta(o_{i,t} | q, o_{i,<t}) / pi_old(o_{i,t} | q, o_{i,<t}) and a credit weight
 gamma_{i,t} (1 = plain GRPO). FlowTracer's objective (Eq. 5) is
 
-    J(theta) = E[ 1/sum_i |o_i| * sum_i sum_t min(rho_{i,t} gamma_{i,t} A_i,
-                                                  clip(rho_{i,t}, 1-eps_low, 1+eps_high) gamma_{i,t} A_i) ]
+    J(theta) = E[ 1/G sum_i 1/|o_i| sum_t min(rho_{i,t} gamma_{i,t} A_i,
+                                              clip(rho_{i,t}, 1-eps_low, 1+eps_high) gamma_{i,t} A_i) ]
+
+(`seq-mean-token-mean` aggregation, the `paper` preset's; `token-mean`, 1/sum_i |o_i| sum_i
+sum_t, is the CPU default and DAPO's)
 
 i.e. the weight multiplies each token's term inside the clipped surrogate; for gamma > 0 this
 equals scaling the token's advantage by gamma (min(w a, w b) = w min(a, b)), so the clip
@@ -145,6 +148,40 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """
     d = (ref_logp - logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # [B, T]
     return torch.exp(d) - d - 1.0
+
+
+def rollout_mismatch(old_logp: torch.Tensor, rollout_logp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token gap between the rollout engine (vLLM) and the trainer on the sampled tokens:
+
+        gap_t = |logp_old_t - logp_rollout_t|
+        kl_t  = k3 with the trainer as reference = exp(d_t) - d_t - 1,  d_t = logp_old_t - logp_rollout_t
+
+    The tokens were drawn from the rollout engine's distribution, so the mean of kl_t over
+    them estimates KL(pi_rollout || pi_old) (Schulman's k3, >= 0). With the weights in sync
+    the gap is float noise (~1e-6 in fp32) and kl_t ~ gap^2 / 2, so kl_t is taken in float64
+    (`expm1`): in fp32 its rounding error would exceed it. d is clamped to +-20 before exp.
+
+    old_logp, rollout_logp: [B, T]  ->  (gap [B, T], kl [B, T] float64)
+    """
+    d = (old_logp.double() - rollout_logp.double()).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # [B, T]
+    return (old_logp - rollout_logp).abs(), torch.expm1(d) - d
+
+
+def tis_weights(old_logp: torch.Tensor, rollout_logp: torch.Tensor, cap: float) -> torch.Tensor:
+    """Truncated importance sampling weight of each sampled token (verl's `rollout_is`, TRL's
+    `vllm_importance_sampling_correction`; Yao et al. 2025):
+
+        w_t = min(exp(logp_old_t - logp_rollout_t), C)
+
+    The tokens come from the rollout engine (pi_rollout) while the surrogate's ratio is taken
+    against the trainer's pi_old; multiplying each token's loss by w_t reweights the samples
+    to pi_old, and the cap C bounds the variance. A constant (no gradient); log-ratio clamped
+    to +-20 before exp.
+
+    old_logp, rollout_logp: [B, T]  ->  [B, T]
+    """
+    d = (old_logp - rollout_logp).detach().clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # [B, T]
+    return torch.exp(d).clamp(max=cap)
 
 
 def agg_normaliser(

@@ -151,6 +151,19 @@ def resolve_model(name: str | None) -> str:
     return name  # a hub id: transformers resolves it (needs a hub or a local HF cache)
 
 
+def model_config(name: str | None = None):
+    """The transformers config of a model name (alias, folder or hub id), without its weights."""
+    ref = resolve_model(name)
+    if ref in TINY:
+        return tiny_causal_lm(arch=ref.split("-")[1], vocab_size=len(char_tokenizer())).config
+    from transformers import AutoConfig  # imported here: `ft --help` stays fast
+
+    try:
+        return AutoConfig.from_pretrained(ref)
+    except OSError as e:
+        raise ModelError(f"cannot read the config of {name!r}: {str(e).splitlines()[0]}") from None
+
+
 def load_tokenizer(name: str | None = None):
     """Tokenizer for a model name (alias, path or hub id)."""
     ref = resolve_model(name)

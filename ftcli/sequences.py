@@ -93,20 +93,37 @@ def task_prompt(tokenizer, task, sample: dict, question: str | None = None) -> P
 MICRO_ORDERS = ("length", "group")
 
 
-def micro_batches(seqs: Sequence[TracedSeq], size: int, order: str = "length") -> list[list[TracedSeq]]:
-    """`seqs` cut into micro-batches of at most `size` sequences, ceil(n / size) of them.
+def micro_batches(seqs: Sequence[TracedSeq], size: int, order: str = "length",
+                  max_tokens: int | None = None) -> list[list[TracedSeq]]:
+    """`seqs` cut into micro-batches of at most `size` sequences and, when `max_tokens` is
+    given, at most `max_tokens` padded token slots each (B x the longest sequence; one
+    sequence longer than the budget gets a micro-batch of its own).
 
     order "group": in the given (rollout) order. order "length": longest first (ties keep
     their order), so each micro-batch pads to a length close to its sequences' own and the
-    padded slots (`padded_slots`) stay near the real tokens. The count of micro-batches is the
-    same either way (the engine's accumulation boundary), and with the step's global loss
-    normaliser the summed gradient is the same up to float rounding.
+    padded slots (`padded_slots`) stay near the real tokens; with a token budget, the short
+    sequences of the tail then share large micro-batches, so one budget serves 1K and 8K
+    responses. Without a budget the count is ceil(n / size) either way. With the step's global
+    loss normaliser the summed gradient does not depend on the split (up to float rounding).
     """
     if order not in MICRO_ORDERS:
         raise ValueError(f"micro-batch order must be one of {', '.join(MICRO_ORDERS)}, got {order!r}")
     if order == "length":
         seqs = sorted(seqs, key=lambda s: -len(s.ids))  # stable: deterministic for equal lengths
-    return [list(seqs[i : i + size]) for i in range(0, len(seqs), size)]
+    out: list[list[TracedSeq]] = []
+    cur: list[TracedSeq] = []
+    longest = 0
+    for s in seqs:
+        n = len(s.ids)
+        grown = max(longest, n) * (len(cur) + 1)  # padded slots with s added
+        if cur and (len(cur) >= size or (max_tokens is not None and grown > max_tokens)):
+            out.append(cur)
+            cur, longest = [], 0
+        cur.append(s)
+        longest = max(longest, n)
+    if cur:
+        out.append(cur)
+    return out
 
 
 def padded_slots(batches: Sequence[Sequence[TracedSeq]]) -> int:

@@ -12,7 +12,14 @@ sweep still running or stopped early say so and name the seeds each row has. An 
 (`ft ablate intervene`) gives the Table 1 layout with counts and Wilson intervals; a token-class
 or answer-format folder (`ft ablate tokens|format`) gives the Sec. 5.2 tables; each says under it
 its noise floor and the smallest difference it can detect.
-`--paper LABEL=NUMBER` adds the paper's number to the row of that variant label.
+The `paper` column holds the FlowTracer paper's printed numbers (`PAPER`, by sweep and row
+label); `--paper LABEL=NUMBER` adds the paper's number to the row of that variant label (or
+replaces the built-in one).
+
+Rule names: a results.json written before `correlation` and `attention` became the FlowTracer
+paper's baselines (it has no `credit_rules`) names by them the rules now called `clip-cov` and
+`fai` (`ftcli.credit.RENAMED_RULES`); their rows are labelled by what they ran, e.g.
+"Clip-Cov (old `correlation`)", so that no paper number of the new rules lands beside them.
 """
 
 from __future__ import annotations
@@ -20,6 +27,28 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+
+# The FlowTracer paper's printed numbers (accuracy %), as a review read them from its text (issue
+# 28), by sweep (`experiment`) and row label. Table 3 (Countdown; the credit sweep of another task
+# gets none), Table 5 (ratio and side), Table 7 (gamma and weightings; binary top-40% is its
+# gamma 1.5 row, the same configuration). A number not printed here is not in our notes.
+PAPER = {
+    "credit": {"GRPO": "52.6", "Random": "55.0", "Entropy": "57.7", "Attention": "60.4", "FlowTracer": "63.2"},
+    "ratio": {"Top-20%": "40.1", "Top-40%": "43.4", "Bottom-20%": "34.0", "Bottom-40%": "37.8",
+              "Bottom-60%": "39.1"},
+    "gamma": {"GRPO (no credit)": "37.1", "γ = 0.5": "36.1", "γ = 1.2": "38.2", "γ = 1.5": "39.4",
+              "γ = 1.8": "37.8", "γ = 2": "33.3", "γ = 3": "29.7"},
+    "weighting": {"GRPO (no credit)": "37.1", "binary top-40% (paper)": "39.4", "raw flow": "28.7"},
+}
+PAPER_TASK = {"credit": "countdown"}  # sweeps whose paper numbers hold for one task only
+
+
+def paper_numbers(res: dict) -> dict[str, str]:
+    """The paper's numbers for the rows of sweep `res` (`PAPER`), {} for another task's."""
+    exp = res.get("experiment")
+    if exp in PAPER_TASK and (res.get("settings") or {}).get("task") != PAPER_TASK[exp]:
+        return {}
+    return dict(PAPER.get(exp, {}))
 
 
 def _pct(x, nd: int = 1) -> str:
@@ -47,6 +76,18 @@ def _wall(res: dict) -> str:
     if not n:  # none trained (an old file: no time spent)
         return "every run trained by an earlier invocation (wall times in the text)"
     return f"{res.get('seconds', '?')} s for the {n} run{'s' * (n != 1)} trained by the last invocation"
+
+
+def variant_label(res: dict, v: dict) -> str:
+    """The row label of variant `v`: its own, or for a rule renamed since the file was written
+    (no `credit_rules` in it), the label of the rule that computes what it ran."""
+    from ftcli.credit import RENAMED_RULES
+    from ftcli.experiments.variants import RULE_LABELS
+
+    credit = (v.get("train_options") or {}).get("credit")
+    if "credit_rules" in res or credit not in RENAMED_RULES or v["label"] != RULE_LABELS.get(credit):
+        return v["label"]
+    return f"{RULE_LABELS[RENAMED_RULES[credit]]} (old `{credit}`)"
 
 
 def sweep_md(res: dict, paper: dict[str, str]) -> str:
@@ -95,8 +136,9 @@ def sweep_md(res: dict, paper: dict[str, str]) -> str:
         rew = "—" if rew is None else f"{rew:.3f}"
         sps = "—" if sps is None else f"{sps:.1f}"
         spread = f"{_pct(a['mean'])} (1 seed)" if len(v["seeds"]) == 1 else f"{_pct(a['mean'])} ± {_pct(a['std'])}"
-        lines.append(f"| {v['label']} | {spread} | {seeds} | {delta} | {rew} | {sps} | "
-                     f"{paper.get(v['label'], '—')} |")
+        label = variant_label(res, v)
+        lines.append(f"| {label} | {spread} | {seeds} | {delta} | {rew} | {sps} | "
+                     f"{paper.get(label, '—')} |")
     notes = []
     if sses:
         notes.append(f"noise floor of one evaluation (sampling alone, the problems fixed): standard error "
@@ -250,7 +292,7 @@ def main(argv: list[str]) -> None:
     for path in (p for f in folders for p in _results_files(f)):
         res = json.loads(path.read_text(encoding="utf-8"))
         if "variants" in res:
-            print(sweep_md(res, paper))
+            print(sweep_md(res, {**paper_numbers(res), **paper}))
         elif "benchmarks" in res and "arms" not in res:
             print(eval_md(res))
         elif res.get("experiment") in RENDER:

@@ -4,8 +4,10 @@
 # and seeds (paired: the same problems and sampling seeds per arm) on Countdown, evaluated on the
 # held-out test set; results_md.py prints the paired difference to GRPO with its 95% interval and
 # the minimal detectable difference. RULES=none,random,entropy,attention,flow gives the old 5-arm
-# table; TASK=crossthinkqa for the CrossThinkQA column. The paper's scale: MODEL=Qwen/Qwen3-4B-Base
-# PRESET=paper SUITE=countdown STEPS=500 JOBS=1 (on GPUs).
+# table; RULES=...,clip-cov,fai adds the rules that `correlation` and `attention` named before they
+# became the paper's baselines (RESULTS.md's rows of those names; a run folder trained under the
+# old names is refused, not reused); TASK=crossthinkqa for the CrossThinkQA column. The paper's
+# scale: MODEL=Qwen/Qwen3-4B-Base PRESET=paper SUITE=countdown STEPS=500 JOBS=1 (on GPUs).
 #
 # Usage: scripts/table3.sh [MODEL]
 #   env: RULES (none,random,entropy,gradient,correlation,attention,flow), OUT (runs/ablate/table3), and the shared

@@ -94,6 +94,27 @@ def test_layer_range_named_and_ranges():
     assert layer_range(range(2, 4), 6) == [2, 3]
 
 
+def test_paper_layer_ranges_are_fig6_scaled_to_the_depth():
+    # Qwen3-4B's 36 layers: exactly the figure's 0-15 / 15-25 / 25-35, as the A:B form gives them
+    assert layer_range("paper-early", 36) == list(range(0, 15)) == layer_range("0:15", 36)
+    assert layer_range("paper-mid", 36) == list(range(15, 25)) == layer_range("15:25", 36)
+    assert layer_range("paper-late", 36) == list(range(25, 35)) == layer_range("25:35", 36)
+    assert layer_range(" Paper-Mid ", 36) == list(range(15, 25))
+    # other depths: bounds round(A L / 36), halves up
+    assert layer_range("paper-early", 30) == list(range(0, 13))  # 12.5 -> 13
+    assert layer_range("paper-mid", 30) == list(range(13, 21))  # 20.8 -> 21
+    assert layer_range("paper-late", 30) == list(range(21, 29))  # 29.2 -> 29
+    assert layer_range("paper-mid", 24) == list(range(10, 17))  # 16.7 -> 17
+    assert layer_range("paper-early", 6) == [0, 1, 2]  # 2.5 -> 3
+    assert layer_range("paper-mid", 6) == [3]
+    assert layer_range("paper-late", 6) == [4, 5]  # 5.8 -> 6
+    for L in range(1, 81):  # never empty, in range, in order; the three tile [0, round(35 L / 36))
+        e, m, lt = (layer_range(f"paper-{n}", L) for n in ("early", "mid", "late"))
+        assert e and m and lt and all(0 <= i < L for i in e + m + lt)
+        if L >= 4:
+            assert e + m + lt == list(range(e[0], lt[-1] + 1)) and e[0] == 0
+
+
 @pytest.mark.parametrize(
     "spec, match",
     [

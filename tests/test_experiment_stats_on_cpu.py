@@ -241,3 +241,56 @@ def test_just_results_prints_every_committed_table():
     assert out.returncode == 0, out.stderr
     sweeps = [f for f in files if "variants" in json.loads(f.read_text(encoding="utf-8"))]
     assert len(sweeps) >= 5 and out.stdout.count("| variant | test accuracy") == len(sweeps)
+
+
+def test_results_md_labels_renamed_rules_and_quotes_the_paper(results_md):
+    """A results.json from before `correlation` and `attention` were renamed (no `credit_rules`)
+    labels their rows by what they ran, so the paper's Attention number does not land beside the
+    old `attention` (FAI); a new file keeps the labels and gets the paper's numbers."""
+    rows = [_variant("credit-none", {0: 0.2}, baseline=True), _variant("credit-correlation", {0: 0.21}),
+            _variant("credit-attention", {0: 0.22}), _variant("credit-flow", {0: 0.23})]
+    for v, (credit, label) in zip(rows, (("none", "GRPO"), ("correlation", "Correlation"),
+                                         ("attention", "Attention"), ("flow", "FlowTracer")), strict=True):
+        v.update(label=label, train_options={"credit": credit}, avg={"mean": v["seeds"][0]["avg"], "std": 0.0},
+                 train={"reward_last": 0.3, "time_step": 5.0})
+    res = {"experiment": "credit", "settings": {"model": "m", "task": "countdown", "steps": 4, "seeds": [0],
+                                                  "eval_limit": 1024},
+           "benchmarks": {"countdown": {"metric": "avg@1"}}, "variants": rows}
+
+    def row(md, label):
+        return next(line for line in md.splitlines() if line.startswith(f"| {label} |"))
+
+    old = results_md.sweep_md(res, results_md.paper_numbers(res))
+    assert row(old, "Clip-Cov (old `correlation`)").endswith("| — |")
+    assert row(old, "FAI (old `attention`)").endswith("| — |")
+    assert row(old, "GRPO").endswith("| 52.6 |") and row(old, "FlowTracer").endswith("| 63.2 |")
+    new = {**res, "credit_rules": {"correlation": "...", "attention": "..."}}
+    md = results_md.sweep_md(new, results_md.paper_numbers(new))
+    assert row(md, "Attention").endswith("| 60.4 |") and row(md, "Correlation").endswith("| — |")
+    other = {**new, "settings": {**res["settings"], "task": "gsm8k"}}  # Table 3's numbers are Countdown's
+    assert results_md.paper_numbers(other) == {}
+    assert results_md.paper_numbers({"experiment": "gamma"})["γ = 1.2"] == "38.2"
+    assert results_md.paper_numbers({"experiment": "ratio"})["Bottom-20%"] == "34.0"
+
+
+def test_a_run_of_a_renamed_rule_is_refused_not_reused(tmp_path):
+    import json
+
+    from ftcli.experiments.sweep import RULE_STAMP, stamp_rule_definition
+
+    old = tmp_path / "credit-correlation" / "seed0"  # trained when `correlation` was Clip-Cov
+    old.mkdir(parents=True)
+    (old / "metrics.jsonl").write_text('{"step": 1}\n')
+    with pytest.raises(ValueError, match="earlier `correlation` rule \\(now `clip-cov`\\)"):
+        stamp_rule_definition(old, "correlation")
+    new = tmp_path / "credit-attention" / "seed0"  # a new run: stamped before it trains
+    stamp_rule_definition(new, "attention")
+    assert json.loads((new / RULE_STAMP).read_text())["credit"] == "attention"
+    (new / "metrics.jsonl").write_text('{"step": 1}\n')
+    stamp_rule_definition(new, "attention")  # resumed or reused later: its stamp says it is the new rule
+    with pytest.raises(ValueError, match="trained with the credit rule `attention`, not `fai`"):
+        stamp_rule_definition(new, "fai")
+    flow = tmp_path / "credit-flow" / "seed0"  # a rule whose definition did not change: reused as before
+    flow.mkdir(parents=True)
+    (flow / "metrics.jsonl").write_text('{"step": 1}\n')
+    stamp_rule_definition(flow, "flow")

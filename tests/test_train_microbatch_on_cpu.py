@@ -21,6 +21,10 @@ class GradEngine:
 
     def __init__(self, model):
         self.module, self.device = model, torch.device("cpu")
+        self.boundaries: list[bool] = []  # set_gradient_accumulation_boundary calls, in order
+
+    def set_gradient_accumulation_boundary(self, is_boundary):
+        self.boundaries.append(bool(is_boundary))
 
     def __call__(self, **kw):
         return self.module(**kw)

@@ -86,13 +86,15 @@ def _initial_weights():
 
 EXTRA = {  # other objective paths ride along: KL + entropy bonus, PPO mini-batches, ZeRO-1/3
     "entropy": dict(kl_coef=0.05, entropy_coef=0.01),
-    "correlation": dict(mini_batches=2, zero_stage=1),
+    "clip-cov": dict(mini_batches=2, zero_stage=1),
+    "correlation": dict(zero_stage=3),  # its own forward of the partitioned policy
     "attention": dict(zero_stage=3, weighting="tanh"),
     "random": dict(select="bottom", nonneg_only=True),
 }
 
 
-@pytest.mark.parametrize("credit", ["none", "random", "entropy", "gradient", "correlation", "attention", "flow"])
+@pytest.mark.parametrize("credit", ["none", "random", "entropy", "gradient", "correlation", "attention", "flow",
+                                    "clip-cov", "fai"])
 def test_every_rule_runs_a_step_and_changes_the_weights(tmp_path, credit):
     run = _run(tmp_path, credit, credit=credit, steps=1, **EXTRA.get(credit, {}))
     w0, w1 = _initial_weights(), _weights(run)
@@ -108,7 +110,7 @@ def test_every_rule_runs_a_step_and_changes_the_weights(tmp_path, credit):
         assert 0 < m["frac_credited"] <= 0.5
     if credit == "entropy":
         assert m["kl"] >= 0 and m["entropy"] > 0
-    if credit == "correlation":
+    if credit == "clip-cov":
         assert m["clip_frac"] > 0  # the second mini-batch is off-policy
 
 

@@ -40,6 +40,8 @@ EPILOG = """Examples:
 
   ft ablate layers --range early --range mid,late,all --seeds 0,1,2
 
+  ft ablate layers --range paper-early,paper-mid,paper-late
+
   ft ablate ratio --ratios 0.2,0.4,0.6 --select top,bottom
 
   ft ablate gamma --gammas 0.5,1,1.5,2,2.5,3
@@ -200,8 +202,10 @@ def _layers_variants(kw, cfg):
 _sweep_command(
     "layers",
     "Fig. 6: flow credit with W averaged over each layer range (early [0, L/3), mid [L/3, 2L/3), "
-    "late [2L/3, L), all, or A:B); trains and evaluates every range; bars.png is the figure.",
-    [param("range_", Optional[list[str]], typer.Option(None, "--range", help="Layer range(s): early|mid|late|all|A:B; repeatable or comma list (default: all four)."))],  # noqa: UP045
+    "late [2L/3, L), all; paper-early, paper-mid, paper-late: the figure's 0:15, 15:25, 25:35 of "
+    "Qwen3-4B's 36 layers scaled to the model's depth; or A:B, half-open, e.g. 15:25); trains and "
+    "evaluates every range; bars.png is the figure.",
+    [param("range_", Optional[list[str]], typer.Option(None, "--range", help="Layer range(s): early|mid|late|all|paper-early|paper-mid|paper-late|A:B; repeatable or comma list (default: early, mid, late, all)."))],  # noqa: UP045
     _layers_variants,
 )
 
@@ -242,8 +246,8 @@ def _gamma_variants(kw, cfg):
 
 _sweep_command(
     "gamma",
-    "Table 7 (gamma): the weight given to the top-40% flow tokens, 0.5 to 3.0.",
-    [param("gammas", str, typer.Option("0.5,1.0,1.5,2.0,2.5,3.0", "--gammas", help="Comma list of weights."))],
+    "Table 7 (gamma): the weight given to the top-40% flow tokens, the paper's 0.5 to 3.0.",
+    [param("gammas", str, typer.Option("0.5,1.2,1.5,1.8,2.0,3.0", "--gammas", help="Comma list of weights (default: the paper's Table 7)."))],
     _gamma_variants,
 )
 

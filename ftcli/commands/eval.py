@@ -71,7 +71,7 @@ def run(
     top_k: int = typer.Option(None, "--top-k", min=0, help="0 = off."),
     seed: int = typer.Option(None, "--seed", help="Sampling seed (suite default: 0)."),
     batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Sequences per generate call."),
-    backend: str = typer.Option("hf", "--backend", help="hf (CPU/GPU) or vllm (GPU, if installed)."),
+    backend: str = typer.Option("hf", "--backend", help="hf (CPU/GPU) or vllm (one in-process vLLM engine, up to 512 problems per call; GPU: the package's gpu extra, CPU: the venv of `just vllm-setup`)."),
     device: str = typer.Option(None, "--device", help="cpu / cuda (default: cuda when available)."),
     dtype: str = typer.Option(None, "--dtype", help="fp32 / bf16 / fp16 (default: bf16 on cuda, fp32 on cpu)."),
     extraction: str = typer.Option(None, "--extraction", help="Math tasks' answer extraction: boxed (the paper's protocol; suite default) or boxed-or-last-math (the field's fallback: without a \\boxed{}, the last math expression). Named in every result's protocol line."),

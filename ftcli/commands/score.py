@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from ftcli.attention import LAYERS_HELP
 from ftcli.io import atomic_write_text
 from ftcli.models import DEFAULT_MODEL, load_model
 from ftcli.progress import progress_bar
@@ -78,7 +79,7 @@ def score(
     response: str = typer.Option(None, "--response", "-r", help="The response to credit."),
     input: Path = typer.Option(None, "--input", "-i", help="JSONL file of {prompt, response} rows.", exists=True, dir_okay=False),
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Alias, local path or hub id."),
-    layers: str = typer.Option("mid", help="Layers averaged into W: mid|early|late|all|A:B."),
+    layers: str = typer.Option("mid", help=LAYERS_HELP),
     ratio: float = typer.Option(0.4, min=0.0, max=1.0, help="Fraction of response tokens selected."),
     gamma: float = typer.Option(1.5, help="Weight of the selected tokens."),
     answer_pattern: str = typer.Option(None, help="Regex for the answer span (group 1 if any); default: content of the last \\boxed{...}."),

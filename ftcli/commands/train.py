@@ -36,6 +36,8 @@ EPILOG = """Examples:
 
   ft train --out runs/flow --resume --steps 40            (continue a run)
 
+  ft train --preset paper --model Qwen/Qwen3-4B-Base --dry-run --gpus 8   (memory per GPU; trains nothing)
+
   ft train --out runs/flow --report-to tensorboard      (tensorboard --logdir runs/flow/tb)
 
 Multi-process (one process per GPU, or 2 CPU processes):
@@ -67,6 +69,20 @@ def _build_params() -> list[inspect.Parameter]:
         inspect.Parameter("resume", kw, annotation=bool, default=typer.Option(
             False, "--resume", help="Continue the run in --out from its newest checkpoint.",
             rich_help_panel="Run")),
+        inspect.Parameter("dry_run", kw, annotation=bool, default=typer.Option(
+            False, "--dry-run", help="Resolve every option, read the model's config (no weights) and print the "
+            "per-GPU memory plan (weights, gradients, optimizer state, activations, log-prob temporaries, the W "
+            "capture, the KV cache) with the micro-batch plan; warn on what does not fit; train nothing.",
+            rich_help_panel="Dry run")),
+        inspect.Parameter("gpus", kw, annotation=Optional[int], default=typer.Option(  # noqa: UP045
+            None, "--gpus", min=1, help="GPUs (ranks) the dry run plans for (default: $WORLD_SIZE, else 1).",
+            rich_help_panel="Dry run")),
+        inspect.Parameter("gpu_memory_gb", kw, annotation=float, default=typer.Option(
+            80.0, "--gpu-memory-gb", min=1.0, help="Memory of one GPU in GiB, for the dry run.",
+            rich_help_panel="Dry run")),
+        inspect.Parameter("prompt_tokens", kw, annotation=int, default=typer.Option(
+            256, "--prompt-tokens", min=1, help="Prompt length the dry run assumes (responses at --max-new-tokens).",
+            rich_help_panel="Dry run")),
         inspect.Parameter("local_rank", kw, annotation=Optional[int], default=typer.Option(  # noqa: UP045
             None, "--local_rank", "--local-rank", hidden=True, help="Set by the deepspeed launcher.")),
     ]
@@ -115,6 +131,10 @@ def _train_command(**kw):
 
     preset, resume = kw.pop("preset"), kw.pop("resume")
     kw.pop("local_rank", None)
+    dry = {k: kw.pop(k) for k in ("dry_run", "gpus", "gpu_memory_gb", "prompt_tokens")}
+    if dry["dry_run"]:
+        _dry_run(resolve_config(preset, **kw), dry)
+        return
     out = kw.get("out") or "runs/train"
     if resume and (Path(out) / "config.json").is_file():
         preset, kw = _resumed_options(out, kw)
@@ -123,6 +143,23 @@ def _train_command(**kw):
     console = Console(stderr=True)
     run_dir = train(cfg, resume=resume, console=console)
     _summary(console, Path(run_dir), cfg)
+
+
+def _dry_run(cfg, dry: dict) -> None:
+    """`ft train --dry-run`: the per-GPU memory plan of the run (`ftcli.train.memory`)."""
+    from ftcli.models import model_config
+    from ftcli.train.memory import model_shape, plan_memory, render_plan
+
+    world = dry["gpus"] or int(os.environ.get("WORLD_SIZE", "1"))
+    shape = model_shape(model_config(cfg.model))
+    bf16 = True if cfg.bf16 is None else bool(cfg.bf16)  # the GPU default
+    plan = plan_memory(cfg, shape, world, dry["gpu_memory_gb"], dry["prompt_tokens"], bf16=bf16)
+    console = Console()
+    console.print(f"[bold]dry run[/]: {cfg.model} ({shape.params / 1e9:.2f}B parameters, {shape.layers} layers, "
+                  f"vocab {shape.vocab}), preset {cfg.preset}, ZeRO-{cfg.zero_stage}, {'bf16' if bf16 else 'fp32'}, "
+                  f"checkpointing {'on' if cfg.gradient_checkpointing else 'off'}, log-prob chunk "
+                  f"{cfg.logprob_chunk or 'off'}, {cfg.prompts} x {cfg.group_size} sequences per step")
+    render_plan(plan, console, f"{world} x {dry['gpu_memory_gb']:.0f} GiB")
 
 
 def _summary(console, run_dir: Path, cfg) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ftcli.attention import LAYERS_HELP
 from ftcli.models import DEFAULT_MODEL, DEFAULT_POLICY
 from ftcli.options import option
 
@@ -19,7 +20,7 @@ class InterveneConfig:
     split: str = option("test", "Split of the task.")
     n: int = option(50, "Problems (the first N of the split).", min=1)
     ratio: float = option(0.2, "Fraction of reasoning tokens blocked per arm.", min=0.0, max=1.0)
-    layers: str = option("mid", "Layers averaged into W: mid|early|late|all|A:B.")
+    layers: str = option("mid", LAYERS_HELP)
     max_new_tokens: int = option(256, "Budget of the original response.", min=1)
     temperature: float = option(0.0, "Original response: 0 = greedy, else seeded sampling.", min=0.0)
     seed: int = option(0, "Seed of sampling and of the random arm.")
@@ -62,7 +63,7 @@ class TextConfig:
     split: str = option("test", "Split of the task.")
     n: int = option(50, "Problems (the first N).", min=1)
     ratio: float = option(0.4, "Top fraction of reasoning tokens by flow.", min=0.0, max=1.0)
-    layers: str = option("mid", "Layers averaged into W: mid|early|late|all|A:B.")
+    layers: str = option("mid", LAYERS_HELP)
     source: str = option("gold", "gold: the sample's worked solution; model: the model's own greedy response.", choices=("gold", "model"))
     max_new_tokens: int = option(256, "Response budget of --source model.", min=1)
     seed: int = option(0, "Seed (the letter-choice option order; sampling).")
@@ -81,7 +82,7 @@ class OverheadConfig:
     micro_batch: int = option(1, "Sequences per step.", min=1)
     repeats: int = option(3, "Timed rounds (median).", min=1)
     warmup: int = option(1, "Untimed rounds first.", min=0)
-    layers: str = option("mid", "Layers averaged into W: mid|early|late|all|A:B.")
+    layers: str = option("mid", LAYERS_HELP)
     seed: int = option(0, "Seed of the synthetic responses.")
     out: str = option("runs/ablate/overhead", "Output folder.", flags=("-o",))
     data_root: str | None = option(None, "Folder with the benchmark files (default: $FT_DATA, else the data cache $FT_CACHE/data, filled by `ft data fetch`).")

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from rich.table import Table
 
+from ftcli.credit import RENAMED_RULES, get_rule
 from ftcli.evaluate import evaluate, protocol_str
 from ftcli.experiments.common import fmt_num, fmt_pct, fmt_pm_pct, guard_settings, write_csv
 from ftcli.experiments.config import SweepConfig
@@ -84,6 +85,27 @@ def _reusable_eval(job: dict) -> tuple[Path, Path, dict, dict | None]:
     return eval_dir, stamp_file, stamp, doc
 
 
+RULE_STAMP = "credit_rule.json"  # in a run folder: the credit rule definition it was trained with
+
+
+def stamp_rule_definition(run_dir: Path, credit: str) -> None:
+    """Refuse a run of `credit` trained before that name was given to another rule
+    (`ftcli.credit.RENAMED_RULES`: such a run has metrics and no stamp); otherwise record the
+    rule's current definition in the run folder (`RULE_STAMP`), before it trains."""
+    stamp, rd = Path(run_dir) / RULE_STAMP, RunDir(run_dir)
+    if stamp.is_file():
+        was = json.loads(stamp.read_text(encoding="utf-8")).get("credit")
+        if was != credit:
+            raise ValueError(f"{run_dir} was trained with the credit rule `{was}`, not `{credit}`; "
+                             "choose another --out or delete that run")
+        return
+    if credit in RENAMED_RULES and rd.has_run():
+        raise ValueError(f"{run_dir} was trained with the earlier `{credit}` rule (now `{RENAMED_RULES[credit]}`); "
+                         "choose another --out or delete that run")
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    atomic_write_json(stamp, {"credit": credit, "summary": get_rule(credit).summary})
+
+
 def _is_trained(job: dict) -> bool:
     """The job's run folder holds a final checkpoint with all its steps."""
     return RunDir(job["run_dir"]).is_finished(resolve_config(job["preset"], **job["train"]).steps)
@@ -102,6 +124,7 @@ def _sweep_job(job: dict, *, console=None, train_fn: Callable | None = None,
     if rd.has_run() and (diff := rd.option_diff(tcfg)):
         raise ValueError(f"{run_dir} was trained with other options ({', '.join(diff)}); "
                          "choose another --out or delete that run")
+    stamp_rule_definition(run_dir, tcfg.credit)
     if rd.is_finished(tcfg.steps):
         console.print(f"{head}: trained (reused)")
     else:
@@ -330,7 +353,10 @@ def _aggregate(cfg: SweepConfig, variants: Sequence[Variant], rows: list[dict], 
         ov["delta_vs_baseline"] = (ov["avg"]["mean"] - base_avg) if base_avg is not None and ov["avg"]["mean"] is not None else None
         if base is not None:
             ov["paired_vs_baseline"] = paired_vs_baseline(ov, next(o for o in out_vars if o["key"] == base.key))
+    credits = sorted({resolve_config(cfg.preset, **{**cfg.base, **v.train}).credit for v in variants})
     return {"experiment": cfg.name, "settings": settings, "benchmarks": bench_meta, "variants": out_vars,
+            # the rules' definitions (a file without it predates RENAMED_RULES: scripts/results_md.py)
+            "credit_rules": {c: get_rule(c).summary for c in credits},
             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 

@@ -73,7 +73,8 @@ def weighting_variants(weightings: Sequence[str], masses: Sequence[float] = (0.2
 
 
 RULE_LABELS = {"none": "GRPO", "random": "Random", "entropy": "Entropy", "gradient": "Gradient",
-               "correlation": "Correlation", "attention": "Attention", "flow": "FlowTracer"}
+               "correlation": "Correlation", "attention": "Attention", "flow": "FlowTracer",
+               "clip-cov": "Clip-Cov", "fai": "FAI"}
 
 
 def credit_variants(rules: Sequence[str]) -> list[Variant]:

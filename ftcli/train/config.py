@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from ftcli import grpo
+from ftcli.attention import LAYERS_HELP
 from ftcli.credit import (
     CREDIT_TOKENS,
     SELECT_MODES,
@@ -21,6 +22,8 @@ from ftcli.tracking import REPORT_TO_HELP, parse_report_to
 
 CREDIT_PASSES = ("fused", "separate")
 DATA_SOURCES = ("generated", "files")
+ROLLOUTS = ("hf", "vllm")
+ROLLOUT_IS = ("none", "tis")
 
 
 def _opt(default, help: str, panel: str = "Training", cli: bool = True, choices=None, **limits):
@@ -54,6 +57,8 @@ class TrainConfig:
     group_size: int = _opt(8, "Responses per prompt (G >= 2).", "Batch", min=2,
                            why="advantages are rewards centred within a group, so with one response per prompt every advantage is 0")
     micro_batch: int = _opt(16, "Sequences per forward/backward on each rank.", "Batch", min=1)
+    global_micro_batch: int | None = _opt(None, "Sequences per forward/backward summed over all ranks (the paper's 'micro-batch size of 32' at 512 sequences a step): each rank takes this / world size; replaces --micro-batch when given.", "Batch", min=1)
+    micro_tokens: int | None = _opt(None, "Token budget of a micro-batch on each rank: sequences are packed longest first until B x the longest length would pass it (one longer sequence goes alone), so one setting serves 1K and 8K responses; ranks pad to the same count of micro-steps. Off when not given (--micro-batch alone).", "Batch", min=1)
     mini_batches: int = _opt(1, "Optimizer steps per rollout batch (>1: PPO-style, old log-probs from a no-grad pass).", "Batch", min=1)
     micro_order: str = _opt("length", "Sequences into micro-batches: length (longest first: least padding) or group (rollout order). The gradient is the same.", "Batch", choices=MICRO_ORDERS)
     # sampling
@@ -61,7 +66,7 @@ class TrainConfig:
     temperature: float = _opt(1.0, "Sampling temperature (also divides the update logits).", "Sampling", gt=0)
     top_p: float = _opt(1.0, "Nucleus sampling (1 = off).", "Sampling", gt=0, max=1)
     top_k: int = _opt(0, "Top-k sampling (0 = off).", "Sampling", min=0)
-    gen_batch_size: int = _opt(128, "Rollouts per generate() call.", "Sampling", min=1)
+    gen_batch_size: str = _opt("128", "Rollouts per generate() call: a number, or auto (on a GPU: as many rows as the KV cache fits in 85% of the memory left after the weights; on CPU: 128).", "Sampling")
     # objective
     lr: float = _opt(1e-4, "AdamW learning rate (constant after --warmup-steps).", "Objective", gt=0)
     warmup_steps: int = _opt(0, "Linear learning-rate warm-up: optimizer update k of the first N uses lr * k / N, then lr (verl's lr_warmup_steps); 0 = off.", "Objective", min=0)
@@ -83,15 +88,23 @@ class TrainConfig:
     weighting: str = _opt("binary", "Scores -> weights: binary (paper) or a continuous map (Table 7).", "Credit", choices=WEIGHTINGS)
     mass: float = _opt(0.4, "Mass threshold of --weighting mass (0.2-0.8).", "Credit", gt=0, max=1)
     nonneg_only: bool = _opt(False, "Credit only sequences with advantage >= 0.", "Credit")
-    layers: str = _opt("mid", "Layers averaged into W: mid|early|late|all|A:B.", "Credit")
+    layers: str = _opt("mid", LAYERS_HELP, "Credit")
     credit_pass: str = _opt("fused", "fused: capture W in the update forward; separate: extra no-grad pass.", "Credit", choices=CREDIT_PASSES)
-    fai_window: str = _opt("10:50", "Query window LO:HI of the attention (FAI) rule.", "Credit")
+    fai_window: str = _opt("10:50", "Query window LO:HI of the fai rule (future attention influence).", "Credit")
     credit_tokens: str = _opt("all", "Tokens that may be credited: all, or one class (Sec. 5.2; structural: no letter or digit, semantic: the rest).", "Credit", choices=CREDIT_TOKENS)
     # engine
     zero_stage: int = _opt(0, "DeepSpeed ZeRO stage 0-3.", "Engine", min=0, max=3)
     bf16: bool | None = _opt(None, "bf16 training (default: on with a GPU, off on CPU).", "Engine")
     deepspeed_config: str | None = _opt(None, "JSON file merged over the generated DeepSpeed config.", "Engine")
     attn_implementation: str = _opt("sdpa", "Attention kernel of the policy (sdpa, eager, flash_attention_2).", "Engine")
+    gradient_checkpointing: bool = _opt(False, "Recompute each decoder layer's activations in the backward (transformers, non-reentrant): activation memory from ~L x (all of a layer's tensors) to L x (one hidden state) + one layer, for about 1/3 more update compute. W capture stays exact.", "Engine")
+    logprob_chunk: int = _opt(1024, "Positions per chunk of the LM head when computing log-probs and entropies (recomputed in the backward; no [B, T, V] logits are kept). 0 = off: from the full logits.", "Engine", min=0)
+    # rollout engine (ftcli.vllm_engine)
+    rollout: str = _opt("hf", "Rollout engine: hf (the own KV-cached decode loop on the training model) or vllm (one colocated in-process vLLM engine per rank, built once; the trainer's weights are copied into it after every update, and validation samples through it too). vLLM: the package's gpu extra; on CPU the venv of `just vllm-setup`.", "Rollout", choices=ROLLOUTS)
+    vllm_gpu_memory_utilization: float = _opt(0.4, "Fraction of each GPU's memory the vLLM engine takes (weights + KV cache); the trainer needs the rest. The engine sleeps during the update (weights offloaded, KV cache freed).", "Rollout", gt=0, max=1)
+    vllm_tensor_parallel_size: int = _opt(1, "GPUs per vLLM engine (tensor parallel over blocks of consecutive ranks; the ranks of a block generate their prompts together). Must divide the world size.", "Rollout", min=1)
+    rollout_is: str = _opt("none", "Correction of the rollout/trainer mismatch (--rollout vllm): none, or tis (truncated importance sampling, as verl and TRL: each token's loss x min(exp(logp_old - logp_rollout), --rollout-is-cap)).", "Rollout", choices=ROLLOUT_IS)
+    rollout_is_cap: float = _opt(2.0, "C of --rollout-is tis: the largest importance weight (bounds the variance the correction adds).", "Rollout", gt=0)
     # evaluation, logging, checkpoints
     val_every: int = _opt(10, "Validate before training, every N steps and at the end (0 = never). A run shorter than N steps (--steps < --val-every, e.g. a 2-step smoke run) is not validated.", "Logging", min=0)
     val_size: int = _opt(200, "Validation problems (the first N of the task's validation split).", "Logging", min=1)
@@ -122,6 +135,37 @@ class TrainConfig:
             raise ValueError(f"--micro-order must be one of {', '.join(MICRO_ORDERS)}")
         if self.credit_pass not in CREDIT_PASSES:
             raise ValueError(f"--credit-pass must be one of {', '.join(CREDIT_PASSES)}")
+        self.gen_batch_rows()
+        self._check_rollout()
+
+    def _check_rollout(self) -> None:
+        """--rollout and --rollout-is: known values; the correction needs vLLM's log-probs."""
+        if self.rollout not in ROLLOUTS:
+            raise ValueError(f"--rollout must be one of {', '.join(ROLLOUTS)}")
+        if self.rollout_is not in ROLLOUT_IS:
+            raise ValueError(f"--rollout-is must be one of {', '.join(ROLLOUT_IS)}")
+        if self.rollout_is != "none" and self.rollout != "vllm":
+            raise ValueError("--rollout-is corrects vLLM's rollouts; it needs --rollout vllm")
+
+    def gen_batch_rows(self) -> int | None:
+        """--gen-batch-size as a number of rows; None for auto (sized by the trainer)."""
+        v = str(self.gen_batch_size).strip().lower()
+        if v == "auto":
+            return None
+        try:
+            n = int(v)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ValueError(f"--gen-batch-size must be auto or an integer >= 1 (got {self.gen_batch_size!r})")
+        return n
+
+    def micro_batch_per_rank(self, world: int) -> int:
+        """Sequences per micro-step on each rank: --global-micro-batch / world size when given
+        (at least 1), else --micro-batch."""
+        if self.global_micro_batch is None:
+            return self.micro_batch
+        return max(1, self.global_micro_batch // max(world, 1))
 
     def credit_options_kwargs(self) -> dict:
         lo, _, hi = self.fai_window.partition(":")
@@ -149,14 +193,18 @@ PRESETS: dict[str, dict] = {
     # small CPU run: the dataclass defaults
     "cpu": {},
     # the paper (Sec. 4 / App. A of the attention-credit papers, ROLL defaults): global batch
-    # 512 sequences (64 prompts x 8) per optimizer step, micro-batch 32, lr 1e-6, T 0.99,
-    # top-p 1, top-k 100, 1K responses (use --max-new-tokens 8192 for 8K), gamma 1.5,
-    # top 40%, middle layers, no KL, no entropy term; ZeRO-2, bf16 on GPU.
+    # 512 sequences (64 prompts x 8) per optimizer step, "micro-batch size of 32, with 16
+    # gradient accumulation steps": 32 sequences per micro-step over ALL ranks (4 per GPU on 8),
+    # lr 1e-6, T 0.99, top-p 1, top-k 100, 1K responses (use --max-new-tokens 8192 for 8K),
+    # gamma 1.5, top 40%, middle layers, no KL, no entropy term, Eq. 5's seq-mean-token-mean
+    # aggregation; ZeRO-2, bf16 on GPU. Memory (`ft train --dry-run`): gradient checkpointing
+    # and chunked log-probs on; generation batches sized from the KV-cache budget.
     "paper": dict(
-        prompts=64, group_size=8, micro_batch=32, lr=1e-6, temperature=0.99, top_p=1.0, top_k=100,
+        prompts=64, group_size=8, micro_batch=32, global_micro_batch=32, lr=1e-6, temperature=0.99, top_p=1.0, top_k=100,
         max_new_tokens=1024, gamma=1.5, ratio=0.4, layers="mid", steps=500, zero_stage=2,
-        kl_coef=0.0, entropy_coef=0.0, grad_clip=1.0, gen_batch_size=64, val_every=25,
-        val_size=256, keep_last=2, train_size=0, data_source="files",
+        kl_coef=0.0, entropy_coef=0.0, grad_clip=1.0, val_every=25,
+        val_size=256, keep_last=2, train_size=0, data_source="files", loss_agg="seq-mean-token-mean",
+        gradient_checkpointing=True, logprob_chunk=1024, gen_batch_size="auto",
     ),
 }
 

@@ -3,6 +3,7 @@ DeepSpeed needs, its import, and the engine config generated from the options.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -67,24 +68,80 @@ def ds_config(micro_batch: int, gas: int, world_size: int, grad_clip: float, zer
 
 def build_ds_config(cfg, world_size: int, seqs_per_rank: int, use_bf16: bool) -> dict:
     """The DeepSpeed config from the options (user JSON merged on top, recursively)."""
-    gas = math.ceil(seqs_per_rank / cfg.micro_batch)
-    ds = ds_config(cfg.micro_batch, gas, world_size, cfg.grad_clip, cfg.zero_stage, use_bf16)
+    micro = cfg.micro_batch_per_rank(world_size)
+    # nominal: the loop sets the accumulation boundary itself (a token budget varies the count)
+    gas = math.ceil(seqs_per_rank / micro)
+    ds = ds_config(micro, gas, world_size, cfg.grad_clip, cfg.zero_stage, use_bf16)
     if cfg.zero_stage == 3:
         ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
     if cfg.deepspeed_config:
         with open(cfg.deepspeed_config, encoding="utf-8") as fh:
             user = json.load(fh)
         _merge(ds, user)
-        if (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) != (cfg.micro_batch, gas):
+        if (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) != (micro, gas):
             raise ValueError(
                 f"{cfg.deepspeed_config}: set batch sizes with --micro-batch / --prompts / --group-size "
                 "/ --mini-batches, not in the DeepSpeed config (the loop accumulates "
-                f"{gas} micro-batches of {cfg.micro_batch})"
+                f"{gas} micro-batches of {micro})"
             )
-        ds["train_batch_size"] = cfg.micro_batch * gas * world_size
+        ds["train_batch_size"] = micro * gas * world_size
         if cfg.warmup_steps and "scheduler" in ds:
             raise ValueError(f"{cfg.deepspeed_config} has a scheduler: drop it or --warmup-steps, not both")
     return ds
+
+
+def zero3_partitioned_loading(ds_config: dict):
+    """Under ZeRO-3, models built while the returned object is alive are partitioned as they
+    load (transformers' `HfDeepSpeedConfig` -> `deepspeed.zero.Init`): each rank holds 1/world
+    of the weights instead of a whole fp32 copy on the host. Keep it referenced for the
+    engine's lifetime (transformers holds it weakly). None at other stages."""
+    if ds_config.get("zero_optimization", {}).get("stage") != 3:
+        return None
+    from transformers.integrations import HfDeepSpeedConfig
+
+    return HfDeepSpeedConfig(ds_config)
+
+
+@contextlib.contextmanager
+def zero3_inference_params(engine, deepspeed_module, zero_stage: int):
+    """Every parameter of `engine.module` whole and hook-free for a generation phase (ZeRO-3).
+
+    Under ZeRO-3 DeepSpeed partitions each parameter and its module hooks gather it before a
+    submodule runs and release it after, with collectives. Inside `generate` that means every
+    decode step re-gathers the whole model, and ranks that decode a different number of steps
+    (their responses end at different lengths) issue mismatched collectives and fail. So for
+    the whole phase: gather every parameter once (`GatheredParameters`, read-only), remove
+    DeepSpeed's forward/backward module hooks, and re-register them before the parameters are
+    partitioned again (TRL's `unwrap_model_for_generation` does the same). Inside the block the
+    module is a plain torch model: no collectives, any number of decode steps per rank.
+    Stages 0-2 keep whole parameters on every rank: nothing to do.
+    """
+    if zero_stage != 3:
+        yield
+        return
+    offload = getattr(engine.optimizer, "parameter_offload", engine.optimizer)
+    module = offload.module
+    with deepspeed_module.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+        for p in _all_params(module):
+            p.ds_active_sub_modules.clear()
+        for h in (*offload.forward_hooks, *offload.backward_hooks):
+            h.remove()
+        offload.forward_hooks, offload.backward_hooks = [], []
+        try:
+            yield
+        finally:
+            offload._register_deepspeed_module(module)  # DeepSpeed's own (re-)registration
+
+
+def _all_params(module) -> list:
+    """Every parameter of `module` and its submodules, ZeRO-3's external parameters included."""
+    out = []
+    for m in module.modules():
+        out += list(m.parameters(recurse=False))
+        ext = getattr(m, "ds_external_parameters", None)
+        if callable(ext):
+            out += [p for _, p in ext()]
+    return out
 
 
 def warmup_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int):

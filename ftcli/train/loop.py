@@ -32,7 +32,7 @@ import torch.distributed as dist
 from ftcli import get_task, grpo
 from ftcli.credit import get_rule
 from ftcli.evaluation import accuracy
-from ftcli.generation import generate
+from ftcli.generation import generate, prompt_keys
 from ftcli.modelcard import command_line, write_model_card
 from ftcli.models import load_model, resolve_model
 from ftcli.progress import progress_bar, stderr_console
@@ -42,7 +42,15 @@ from ftcli.spans import span_to_token_mask
 from ftcli.tasks.loading import GENERATED_TASKS, describe_data, task_data_options
 from ftcli.tracking import Tracker, create_tracker
 from ftcli.train.config import TrainConfig
-from ftcli.train.engine import build_ds_config, import_deepspeed, versions, warmup_scheduler
+from ftcli.train.engine import (
+    build_ds_config,
+    import_deepspeed,
+    versions,
+    warmup_scheduler,
+    zero3_inference_params,
+    zero3_partitioned_loading,
+)
+from ftcli.train.memory import auto_gen_batch_size
 from ftcli.train.rundir import (
     RunDir,
     checkpoint_damage,
@@ -53,6 +61,7 @@ from ftcli.train.rundir import (
 )
 from ftcli.train.stats import CtrlC, Timer
 from ftcli.train.update import NonFiniteError, PolicyUpdate
+from ftcli.vllm_engine import require_vllm, stream_parameters
 
 
 @dataclass
@@ -97,12 +106,15 @@ class Trainer:
         self.best_val: tuple[float, int] | None = None
         self.tracker = Tracker()  # --report-to; a no-op until run() starts it on rank 0
         self.created_dir = False  # this run made --out (a failure before any step removes it)
+        self._rollout_backend = None  # --rollout vllm: a VLLMBackend over this rank's engine
 
     # -- setup ---------------------------------------------------------------------------------
     def setup(self) -> int:
         """Load the task, the policy and the engines; resume; write config.json. Returns the
         step to continue after (0 for a new run)."""
         cfg = self.cfg
+        if cfg.rollout == "vllm":
+            require_vllm()  # one line, before the data, the model and --out
         if self.is_main and not self.resume and self.rundir.has_run():
             raise ValueError(f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --out")
         if self.task is None:
@@ -119,14 +131,30 @@ class Trainer:
             self.created_dir = not self.resume and not self.run_dir.exists()
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self._barrier()
-        model, self.tokenizer = load_model(cfg.model, attn_implementation=cfg.attn_implementation)
         use_cuda = torch.cuda.is_available()
         self.use_bf16 = use_cuda if cfg.bf16 is None else bool(cfg.bf16)
         if self.use_bf16 and not use_cuda:
             raise ValueError("--bf16 is for GPUs; CPU training runs in fp32")
         self.ds_config = build_ds_config(cfg, self.world, self.seqs_per_mini, self.use_bf16)
         self.gas = self.ds_config["gradient_accumulation_steps"]
-        ref = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
+        # loaded in the training dtype (bf16 weights when training in bf16: DeepSpeed keeps the
+        # fp32 master copy in the optimizer); under ZeRO-3 each rank loads only its partition
+        dtype = torch.bfloat16 if self.use_bf16 else torch.float32
+        if cfg.zero_stage == 3:  # zero.Init partitions over the process group: it must exist first
+            self.ds.init_distributed()
+        self._zero3_init = zero3_partitioned_loading(self.ds_config)
+        model, self.tokenizer = load_model(cfg.model, attn_implementation=cfg.attn_implementation, dtype=dtype)
+        ref = None
+        if cfg.kl_coef > 0:  # the reference model exists only for a KL term
+            ref = (load_model(cfg.model, attn_implementation=cfg.attn_implementation, dtype=dtype)[0]
+                   if cfg.zero_stage == 3 else copy.deepcopy(model))
+            ref.eval().requires_grad_(False)
+        if cfg.gradient_checkpointing:  # non-reentrant: the fused W capture and ZeRO-3 hooks stay exact
+            enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.2x
+            if enable is not None:
+                enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.engine, self.optimizer, _, _ = self.ds.initialize(
             model=model, optimizer=opt, lr_scheduler=warmup_scheduler(opt, cfg.warmup_steps), config=self.ds_config)
@@ -138,17 +166,29 @@ class Trainer:
         elif ref is not None:
             self.ref = ref.to(self.device, dtype=torch.bfloat16 if self.use_bf16 else torch.float32)
         self.updater = PolicyUpdate(cfg, self.engine, self.ref, self.tokenizer, self.world, self.seqs_per_mini, self.ctrl_c)
+        self.gen_batch_size = cfg.gen_batch_rows() or auto_gen_batch_size(
+            self.engine.module.config, cfg.max_new_tokens + self._longest_prompt(), self.device, dtype)
         start = self._maybe_resume()
+        if cfg.rollout == "vllm":
+            self._build_rollout_engine()
         if self.is_main:
             resolved = asdict(cfg)
             resolved.update(
                 model_path=resolve_model(cfg.model), world_size=self.world,
                 gradient_accumulation_steps=self.gas, sequences_per_step=cfg.prompts * cfg.group_size,
+                micro_batch_per_rank=self.updater.micro_batch, gen_batch_size_resolved=self.gen_batch_size,
                 deepspeed=self.ds_config, bf16_resolved=self.use_bf16, versions=versions(),
                 credit_needs=sorted(self.rule.needs), data=describe_data(self.task),
             )
             self.rundir.write_config(resolved)
         return start
+
+    def _longest_prompt(self, sample: int = 64) -> int:
+        """Tokens of the longest prompt among the first `sample` training problems (the KV
+        budget of `--gen-batch-size auto`)."""
+        n = min(len(self.train_data), sample)
+        return max(len(self.tokenizer(task_prompt_text(self.tokenizer, self.task, self.train_data[i]))["input_ids"])
+                   for i in range(n))
 
     def _load_val(self):
         try:
@@ -159,12 +199,23 @@ class Trainer:
         return list(data[: self.cfg.val_size])
 
     # -- rollouts ------------------------------------------------------------------------------
-    def prompts_for_step(self, step: int) -> list[int]:
-        """Dataset indices of this rank's prompts at `step` (1-based): a seeded permutation per
-        epoch, consumed `prompts` at a time, rank r taking its slice."""
+    def prompts_for_step(self, step: int, rank: int | None = None) -> list[int]:
+        """Dataset indices of rank `rank`'s prompts (default: this rank's) at `step` (1-based):
+        a seeded permutation per epoch, consumed `prompts` at a time, rank r taking its slice."""
         n = len(self.train_data)
-        base = (step - 1) * self.cfg.prompts + self.rank * self.prompts_per_rank
+        rank = self.rank if rank is None else rank
+        base = (step - 1) * self.cfg.prompts + rank * self.prompts_per_rank
         return [self._perm(pos // n)[pos % n] for pos in range(base, base + self.prompts_per_rank)]
+
+    def seed_keys(self, step: int) -> list[int]:
+        """Row-seed keys of this rank's prompts (`ftcli.generation.prompt_keys`): the occurrence
+        of each prompt's text among the whole step's prompts, over all ranks, in global order.
+        Two ranks that draw the same problem in a step therefore sample different rows, and a
+        1-rank and an N-rank run of the same global batch sample the same rows."""
+        texts = [task_prompt_text(self.tokenizer, self.task, self.train_data[i])
+                 for r in range(self.world) for i in self.prompts_for_step(step, r)]
+        keys = prompt_keys(texts)
+        return keys[self.rank * self.prompts_per_rank : (self.rank + 1) * self.prompts_per_rank]
 
     def _perm(self, epoch: int) -> list[int]:
         if epoch not in self._perm_cache:
@@ -172,29 +223,57 @@ class Trainer:
             self._perm_cache = {epoch: torch.randperm(len(self.train_data), generator=g).tolist()}
         return self._perm_cache[epoch]
 
-    @contextlib.contextmanager
     def _full_params(self):
-        """ZeRO-3: gather every parameter on every rank for generation (no collectives inside
-        `generate`, so ranks may stop at different lengths)."""
-        if self.cfg.zero_stage == 3:
-            with self.ds.zero.GatheredParameters(list(self.engine.module.parameters()), modifier_rank=None):
-                yield
-        else:
-            yield
+        """Generation and validation run on whole parameters with DeepSpeed's ZeRO-3 hooks
+        removed (`zero3_inference_params`): no collectives inside `generate`, so ranks may stop
+        at different lengths; the hooks are back before the update."""
+        return zero3_inference_params(self.engine, self.ds, self.cfg.zero_stage)
 
-    def _generate(self, prompts: list[str], n: int, temperature: float, seed: int):
+    # -- the vLLM rollout engine (--rollout vllm; ftcli.vllm_engine) ---------------------------
+    def _build_rollout_engine(self) -> None:
+        """This rank's vLLM engine, built once from the policy's folder (or reused in this
+        process), then given the trainer's current weights (a resumed run's checkpoint)."""
+        from ftcli.generation import VLLMBackend
+        from ftcli.models import TINY
+        from ftcli.vllm_engine import EngineOptions, VLLMEngine
+
         cfg = self.cfg
+        if cfg.model in TINY:
+            raise ValueError(f"--rollout vllm needs a model folder or hub id; {cfg.model} exists only in memory")
+        if self.world % cfg.vllm_tensor_parallel_size:
+            raise ValueError(f"--vllm-tensor-parallel-size ({cfg.vllm_tensor_parallel_size}) must divide the world size ({self.world})")
+        opts = EngineOptions(model=str(resolve_model(cfg.model)), dtype="bfloat16" if self.use_bf16 else "float32",
+                             gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+                             tensor_parallel_size=cfg.vllm_tensor_parallel_size, seed=cfg.seed)
+        self._rollout_backend = VLLMBackend(engine=VLLMEngine.shared(opts))
+        self._sync_rollout_weights()
+
+    def _sync_rollout_weights(self) -> None:
+        """Copy the trainer's weights into the vLLM engine in place, one parameter at a time
+        (ZeRO-3: each gathered on its own), and reset its prefix cache."""
+        self._rollout_backend.engine().load_weights(
+            stream_parameters(self.engine.module, zero3=self.cfg.zero_stage == 3))
+
+    def _generate(self, prompts: list[str], n: int, temperature: float, seed: int, keys: list[int]):
+        cfg = self.cfg
+        if self._rollout_backend is not None:  # --rollout vllm
+            groups = self._rollout_backend.generate(
+                self.engine.module, self.tokenizer, prompts, n=n, max_new_tokens=cfg.max_new_tokens,
+                temperature=temperature, top_p=cfg.top_p, top_k=cfg.top_k, seed=seed, keys=keys)
+            self._rollout_backend.engine().sleep()  # GPU: its memory goes back to the update
+            return groups
         with self._full_params(), torch.no_grad():
             return generate(self.engine.module, self.tokenizer, prompts, n=n, max_new_tokens=cfg.max_new_tokens,
                             temperature=temperature, top_p=cfg.top_p, top_k=cfg.top_k, seed=seed,
-                            batch_size=cfg.gen_batch_size)
+                            batch_size=self.gen_batch_size, keys=keys)
 
     def rollouts(self, step: int) -> list[RolloutSeq]:
         """Generate, reward and build this rank's sequences for `step`."""
         cfg = self.cfg
         samples = [self.train_data[i] for i in self.prompts_for_step(step)]
         texts = [task_prompt_text(self.tokenizer, self.task, s) for s in samples]
-        groups = self._generate(texts, cfg.group_size, cfg.temperature, derive_seed(cfg.seed, "gen", step))
+        groups = self._generate(texts, cfg.group_size, cfg.temperature, derive_seed(cfg.seed, "gen", step),
+                                self.seed_keys(step))
         rewards = [float(self.task.reward(ro.response_text, s)) for s, g in zip(samples, groups, strict=True) for ro in g]
         adv = grpo.group_advantages(torch.tensor(rewards), cfg.group_size, cfg.norm_adv_std).tolist()
         seqs: list[RolloutSeq] = []
@@ -231,6 +310,9 @@ class Trainer:
         with timer("gen"):
             seqs = self.rollouts(step)
         stats, sample_rows, grad_norms = self.update(seqs, timer)
+        if self._rollout_backend is not None:  # the next rollouts sample from the updated policy
+            with timer("sync"):
+                self._sync_rollout_weights()
         rewards = [s.reward for s in seqs]
         groups = [rewards[i : i + cfg.group_size] for i in range(0, len(rewards), cfg.group_size)]
         stats.sequences, stats.reward_sum, stats.reward_sq = len(seqs), sum(rewards), sum(r * r for r in rewards)
@@ -241,9 +323,12 @@ class Trainer:
         stats.flat_groups, stats.groups = sum(max(g) == min(g) for g in groups), len(groups)
         stats = stats.all_reduce(self.updater.all_sum)
         row = stats.row(step, lr, grad_norms, kl=self.ref is not None,
-                        entropy="entropy" in self.rule.needs or cfg.entropy_coef > 0)
+                        entropy="entropy" in self.rule.needs or cfg.entropy_coef > 0,
+                        rollout=self._rollout_backend is not None)
         for k in ("gen", "capture", "credit", "fwd_bwd", "optim"):
             row[f"time_{k}"] = round(timer.t.get(k, 0.0), 4)
+        if self._rollout_backend is not None:
+            row["time_sync"] = round(timer.t.get("sync", 0.0), 4)
         row["time_step"] = round(time.perf_counter() - t0, 4)
         if self.is_main:
             recs = [_sample_record(step, s, w, sc) for s, w, sc in sample_rows[: cfg.log_samples]]
@@ -262,10 +347,12 @@ class Trainer:
         correct = 0
         if mine:
             temp = cfg.temperature if cfg.val_temperature is None else cfg.val_temperature
-            with self._full_params():
+            backend = self._rollout_backend  # --rollout vllm: through the same engine
+            with self._full_params() if backend is None else contextlib.nullcontext():
                 correct, _ = accuracy(self.engine.module, self.tokenizer, self.task, mine, temperature=temp,
                                       seed=derive_seed(cfg.seed, "val"), max_new_tokens=cfg.max_new_tokens,
-                                      top_p=cfg.top_p, top_k=cfg.top_k, batch_size=cfg.gen_batch_size)
+                                      top_p=cfg.top_p, top_k=cfg.top_k, batch_size=self.gen_batch_size,
+                                      backend=backend)
         c, n = self.updater.all_sum([correct, len(mine)])
         return c / max(n, 1.0)
 

@@ -190,7 +190,10 @@ class RunDir:
             if f.name in NOT_RUN_OPTIONS:
                 continue
             default = f.default if f.default is not MISSING else None
-            if saved.get(f.name, default) != getattr(cfg, f.name):
+            value, now = saved.get(f.name, default), getattr(cfg, f.name)
+            if isinstance(now, str) and isinstance(value, int) and not isinstance(value, bool):
+                value = str(value)  # an option that became a string (--gen-batch-size 16 | auto)
+            if value != now:
                 out.append(f.name)
         return out
 

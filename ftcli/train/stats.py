@@ -32,12 +32,15 @@ class StepStats:
     entropy: float = 0.0  # sum of the per-token entropy over response tokens
     flat_groups: float = 0.0  # groups whose rewards are all equal (no learning signal)
     groups: float = 0.0
+    rollout_gap: float = 0.0  # sum of |logp_old - logp_rollout| over response tokens (--rollout vllm)
+    rollout_kl: float = 0.0  # sum of the k3 KL(pi_rollout || pi_old) over response tokens
 
     def all_reduce(self, all_sum: Callable[[list[float]], list[float]]) -> StepStats:
         """The field-wise sum over ranks (`all_sum` sums a list of floats over ranks)."""
         return StepStats(*all_sum(list(astuple(self))))
 
-    def row(self, step: int, lr: float, grad_norms: list[float | None], kl: bool, entropy: bool) -> dict:
+    def row(self, step: int, lr: float, grad_norms: list[float | None], kl: bool, entropy: bool,
+            rollout: bool = False) -> dict:
         """The metrics.jsonl row of these (all-reduced) sums."""
         n, toks = self.sequences, self.response_tokens
         mean = self.reward_sum / n
@@ -61,6 +64,9 @@ class StepStats:
             row["kl"] = self.kl / max(toks, 1.0)
         if entropy:
             row["entropy"] = self.entropy / max(toks, 1.0)
+        if rollout:  # vLLM vs the trainer on the sampled tokens (ftcli.grpo.rollout_mismatch)
+            row["rollout_logprob_gap"] = self.rollout_gap / max(toks, 1.0)
+            row["rollout_kl"] = self.rollout_kl / max(toks, 1.0)
         return row
 
 

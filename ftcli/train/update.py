@@ -9,7 +9,6 @@ token/sequence count -> engine.backward; then one engine.step at the accumulatio
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -20,7 +19,9 @@ from ftcli.attention import capture_attention, mean_attention
 from ftcli.credit import CreditInputs, CreditOptions, compute_credit, get_rule, token_class_filter
 from ftcli.sequences import TracedSeq, collate, micro_batches
 from ftcli.train.config import TrainConfig
+from ftcli.train.logprobs import policy_logprobs
 from ftcli.train.stats import CtrlC, StepStats, Timer
+from ftcli.vllm_engine import rollout_logp_matrix
 
 
 class NonFiniteError(ValueError):
@@ -36,6 +37,8 @@ class PolicyUpdate:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.world, self.seqs_per_mini, self.ctrl_c = world, seqs_per_mini, ctrl_c
         self.device = engine.device
+        # sequences per micro-step on this rank: --micro-batch, or --global-micro-batch / world
+        self.micro_batch = cfg.micro_batch_per_rank(world)
         self.rule = get_rule(cfg.credit)
         self.credit_opts = CreditOptions(**cfg.credit_options_kwargs(),
                                          token_filter=token_class_filter(tokenizer, cfg.credit_tokens))
@@ -49,36 +52,32 @@ class PolicyUpdate:
         return t.cpu().tolist()
 
     def forward_logp(self, module, batch, need_entropy: bool, need_grad: bool):
-        """Policy log-probs [B, T] (0 before `first`) and, optionally, entropies [B, T]."""
-        ids, first = batch["input_ids"], batch["first"]
-        T = ids.shape[1]
-        with contextlib.nullcontext() if need_grad else torch.no_grad():
-            out = module(input_ids=ids, attention_mask=batch["attention_mask"].long(),
-                         logits_to_keep=T - first + 1, use_cache=False)
-            logits = out.logits[:, :-1]  # [B, T - first, V]: predicts tokens first..T-1
-            logp = grpo.token_logprobs(logits, ids[:, first:], self.cfg.temperature)  # [B, T-first]
-            ent = None
-            if need_entropy:  # with gradient only for an entropy bonus
-                with contextlib.nullcontext() if need_grad and self.cfg.entropy_coef > 0 else torch.no_grad():
-                    ent = grpo.token_entropy(logits, self.cfg.temperature)  # [B, T - first]
-        logp = torch.nn.functional.pad(logp, (first, 0))  # [B, T]
-        ent = torch.nn.functional.pad(ent, (first, 0)) if ent is not None else None
-        return logp, ent
+        """Policy log-probs [B, T] (0 before `first`) and, optionally, entropies [B, T]
+        (`ftcli.train.logprobs.policy_logprobs`; the entropy has a gradient only for a bonus)."""
+        return policy_logprobs(module, batch, self.cfg.temperature, self.cfg.logprob_chunk, need_entropy,
+                               need_grad, entropy_grad=self.cfg.entropy_coef > 0)
 
-    def _micro_step(self, batch, old_logp, norm, timer: Timer, stats: StepStats, rule, credit_pass: str) -> object:
-        """Forward (with W when the rule needs it), credit, weighted surrogate, backward."""
+    def _micro_step(self, batch, old_logp, norm, timer: Timer, stats: StepStats, rule, credit_pass: str,
+                    real: bool = True) -> object:
+        """Forward (with W when the rule needs it), credit, weighted surrogate, backward.
+        `real=False`: a filler micro-step (`plan_micro_batches`): the same passes, loss x 0."""
         cfg = self.cfg
+        if not real:
+            stats = StepStats()  # counted nowhere
         am = batch["attention_mask"].long()
         want_attn, W = "attention" in rule.needs, None
         if want_attn and credit_pass == "separate":
+            # under ZeRO-3 the pass runs to the end: a forward stopped after the last captured
+            # layer would skip DeepSpeed's post-forward hooks and leave parameters gathered
             with timer("capture"), torch.no_grad():
-                W = mean_attention(self.engine.module, batch["input_ids"], am, layers=cfg.layers).float()
+                W = mean_attention(self.engine.module, batch["input_ids"], am, layers=cfg.layers,
+                                   stop_after_last=cfg.zero_stage != 3).float()
         need_entropy = "entropy" in rule.needs or cfg.entropy_coef > 0
         with timer("fwd_bwd"):
             if want_attn and credit_pass == "fused":
                 with capture_attention(self.engine.module, layers=cfg.layers, attention_mask=am) as cap:
                     logp, ent = self.forward_logp(self.engine, batch, need_entropy, True)
-                W = cap.W
+                W, cap.W = cap.W, None  # the [B, T, T] buffer is freed once the credit is computed
             else:
                 logp, ent = self.forward_logp(self.engine, batch, need_entropy, True)
         with timer("credit"):
@@ -99,6 +98,13 @@ class PolicyUpdate:
                 logp, old, batch["advantages"], credit.weights.to(logp.device), cfg.eps_low, cfg.eps_high,
                 clip_ratio_c=cfg.clip_ratio_c,
             )
+            rollout_logp = batch.get("rollout_logp")  # [B, T] vLLM's log-probs (--rollout vllm)
+            if rollout_logp is not None:
+                gap, rkl = grpo.rollout_mismatch(old, rollout_logp)
+                stats.rollout_gap += float((gap * resp).sum())
+                stats.rollout_kl += float((rkl * resp).sum())
+                if cfg.rollout_is == "tis":
+                    loss_mat = loss_mat * grpo.tis_weights(old, rollout_logp, cfg.rollout_is_cap)
             if self.ref is not None:
                 ref_logp, _ = self.forward_logp(self.ref, batch, False, False)
                 kl = grpo.kl_k3(logp, ref_logp)
@@ -107,6 +113,8 @@ class PolicyUpdate:
             if cfg.entropy_coef > 0:
                 loss_mat = loss_mat - cfg.entropy_coef * ent
             share = grpo.aggregate_loss(loss_mat, resp, cfg.loss_agg, norm)
+            if not real:
+                share = share * 0.0
             self.engine.backward(share * grpo.backward_scale(self.world), scale_wrt_gas=False)
         rf = resp.float()
         stats.loss += float(share.detach())
@@ -139,11 +147,33 @@ class PolicyUpdate:
                 raise NonFiniteError(f"the gradient norm became non-finite ({norm})")
         return norm
 
+    def plan_micro_batches(self, seqs: list[TracedSeq], order: str) -> list[tuple[list[TracedSeq], bool]]:
+        """This rank's micro-batches of `seqs` ((sequences, real) pairs): at most --micro-batch
+        sequences and --micro-tokens padded slots each (`sequences.micro_batches`), padded with
+        filler micro-batches (the rank's shortest sequence, loss x 0) up to the largest count
+        over ranks. Every rank then runs the same number of forward/backward passes, which
+        ZeRO's collectives (ZeRO-3 gathers in the forward, ZeRO-2 reduces in the backward) need
+        when a token budget gives ranks different counts."""
+        micro = micro_batches(seqs, self.micro_batch, order, self.cfg.micro_tokens)
+        (most,) = self.all_max([len(micro)])
+        shortest = min(seqs, key=lambda s: len(s.ids)) if seqs else None
+        plan = [(m, True) for m in micro]
+        plan += [([shortest], False)] * (int(most) - len(micro))
+        return plan
+
+    def all_max(self, values: list[float]) -> list[float]:
+        """Element-wise max of `values` over ranks."""
+        t = torch.tensor(values, dtype=torch.float64)
+        if self.world > 1:
+            t = t.to(self.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return t.cpu().tolist()
+
     def _old_logp(self, seqs: list[TracedSeq], timer: Timer, order: str) -> dict[int, torch.Tensor]:
         """log pi_old of every sequence (by id), computed before the step's first update."""
         out = {}
         with timer("old_logp"):
-            for m in micro_batches(seqs, self.cfg.micro_batch, order):
+            for m, _ in self.plan_micro_batches(seqs, order):  # fillers too: ZeRO-3 gathers in lockstep
                 logp, _ = self.forward_logp(self.engine.module, collate(m, self.pad_id, self.device), False, False)
                 for b, s in enumerate(m):
                     out[id(s)] = logp[b, : len(s.ids)].detach().cpu()
@@ -166,20 +196,23 @@ class PolicyUpdate:
             mini = seqs[mb * self.seqs_per_mini : (mb + 1) * self.seqs_per_mini]
             n_tok, n_seq = self.all_sum([sum(s.n_response for s in mini), len(mini)])
             norm = grpo.agg_normaliser(cfg.loss_agg, n_tok, n_seq, cfg.max_new_tokens)
-            micro = micro_batches(mini, cfg.micro_batch, order)  # the same count in either order
-            for m in micro:
+            plan = self.plan_micro_batches(mini, order)
+            for k, (m, real) in enumerate(plan):
+                # the boundary is ours: the micro-batch count varies from step to step
+                self.engine.set_gradient_accumulation_boundary(k == len(plan) - 1)
                 batch = collate(m, self.pad_id, self.device)
+                batch["rollout_logp"] = rollout_logp_matrix(m, batch["input_ids"].shape[1], self.device)  # None: HF
                 # pi_old: the sampling policy; with one update per batch it is the current one
                 old = None
                 if old_logp is not None:
                     old = torch.zeros(len(m), batch["input_ids"].shape[1], device=self.device)  # [B, T]
                     for b, s in enumerate(m):
                         old[b, : len(s.ids)] = old_logp[id(s)].to(self.device)
-                cr = self._micro_step(batch, old, norm, timer, stats, rule, credit_pass)
-                for b, s in enumerate(m):
+                cr = self._micro_step(batch, old, norm, timer, stats, rule, credit_pass, real)
+                for b, s in enumerate(m if real else []):
                     if id(s) in logged:
                         sample_rows.append((s, cr.weights[b].cpu(), None if cr.scores is None else cr.scores[b].cpu()))
-                if m is not micro[-1]:
+                if k < len(plan) - 1:
                     self.engine.step()  # a non-boundary micro-step: only counts
             grad_norms.append(self._optimizer_step(timer, stats.loss))
         self.engine.eval()
