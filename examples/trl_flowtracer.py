@@ -106,6 +106,9 @@ def main(argv=None) -> int:
         top_k=args.top_k, beta=0.0, loss_type="dapo", seed=args.seed, bf16=args.bf16,
         use_vllm=args.use_vllm, vllm_mode="colocate", logging_steps=1, save_strategy="no",
         report_to="none", disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
+        # TRL turns gradient checkpointing on by default; on CPU, at this size, it only recomputes
+        # the forward in the backward (activations are small): off there, TRL's default on GPUs
+        gradient_checkpointing=torch.cuda.is_available(),
     )
     trainer = FlowTracerGRPOTrainer(
         model=model, reward_funcs=countdown_reward, args=config,

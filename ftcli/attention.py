@@ -34,6 +34,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ftcli.packing import PACKED_IMPL, PACKING_ATTR, segment_attention
+
 __all__ = [
     "LAYERS_HELP",
     "PAPER_RANGES",
@@ -446,10 +448,16 @@ class AttentionCapture:
         if hook is not None:  # a key block is active: the output and W both see it
             attention_mask = hook(query, key, attention_mask)
         idx = getattr(module, "layer_idx", None)
+        packing = getattr(module, PACKING_ATTR, None)  # a packed row (ftcli.packing.packed_attention)
         if self._active and idx in self._chosen and idx not in self.seen:
-            self._accumulate(module, query, key, attention_mask, kwargs)
+            if packing is not None:
+                self._accumulate_packed(module, query, key, packing, kwargs)
+            else:
+                self._accumulate(module, query, key, attention_mask, kwargs)
             if self.stop_after_last and len(self.seen) == len(self.layers):
                 raise _StopForward(self)  # later layers and the LM head are not needed
+        if packing is not None and not (self._family == "varlen" and not packing.shares_prompts):
+            return segment_attention(module, query, key, value, packing, **kwargs)
         kmod = module
         if self._view_configs is not None:
             kmod = _KernelView(module, self._view_configs, self._orig)
@@ -489,6 +497,27 @@ class AttentionCapture:
                 sliding_window=kwargs.get("sliding_window"),
                 sinks=kwargs.get("s_aux"),
             )
+        self.seen.append(module.layer_idx)
+
+    def _accumulate_packed(self, module, query, key, packing, kwargs) -> None:
+        """Eq. 1 of each sequence of a packed row, from its own queries and keys alone: the
+        [T_n, T_n] block of sequence n (its `packing.positions(n)`, the shared prompt copy
+        included) goes into W[n] of the padded [N, T, T] buffer, as if it were run alone.
+        query [1, H, L, d], key [1, H_kv, L, d]."""
+        N, T = packing.index.shape
+        if self._buf is None:
+            self._pad = packing.valid.to(query.device)  # [N, T]
+            self._buf = torch.zeros(N, T, T, dtype=torch.float32, device=query.device)  # [N, T, T]
+        scaling = kwargs.get("scaling")
+        if scaling is None:
+            scaling = getattr(module, "scaling", None) or 1.0 / math.sqrt(query.shape[-1])
+        with torch.no_grad():
+            for n in range(N):
+                idx = packing.positions(n).to(query.device)  # [T_n]
+                Tn = int(idx.shape[0])
+                _accumulate_layer(self._buf[n : n + 1, :Tn, :Tn], query[:, :, idx], key[:, :, idx], None, None,
+                                  float(scaling), self.chunk_size, softcap=kwargs.get("softcap"),
+                                  sliding_window=kwargs.get("sliding_window"), sinks=kwargs.get("s_aux"))
         self.seen.append(module.layer_idx)
 
     def _finalize(self) -> None:
@@ -579,6 +608,8 @@ def _kernel_for(orig: str | None) -> tuple[str, Callable]:
         return "varlen", ALL_ATTENTION_FUNCTIONS[orig]
     if orig == "eager":
         return "eager", eager_kernel
+    if orig == PACKED_IMPL:  # inside ftcli.packing.packed_attention: the packed row is handled in _attend
+        return "sdpa", ALL_ATTENTION_FUNCTIONS["sdpa"]
     return "sdpa", ALL_ATTENTION_FUNCTIONS["sdpa"]
 
 

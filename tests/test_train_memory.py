@@ -90,9 +90,14 @@ def test_chunked_logprobs_equal_the_logits_path_values_and_gradients(temperature
     b = torch.randn(V, dtype=torch.float64, generator=g, requires_grad=True)
     y = torch.randint(0, V, (N,), generator=g)
     ga, gb = torch.randn(N, dtype=torch.float64, generator=g), torch.randn(N, dtype=torch.float64, generator=g)
+    def exact(h, W, b):  # float64 references (the fp32 formulas of grpo.py are checked below)
+        lsm = torch.log_softmax(torch.nn.functional.linear(h, W, b) / temperature, -1)  # [N, V]
+        return lsm.gather(-1, y[:, None]).squeeze(-1), -(lsm.exp() * lsm).sum(-1)
+
+    lp_ref, ent_ref = exact(h, W, b)
     logits = torch.nn.functional.linear(h, W, b)
-    lp_ref = token_logprobs(logits[None], y[None], temperature)[0]
-    ent_ref = token_entropy(logits[None], temperature)[0]
+    assert torch.allclose(token_logprobs(logits[None], y[None], temperature)[0], lp_ref.float(), atol=1e-4)
+    assert torch.allclose(token_entropy(logits[None], temperature)[0], ent_ref.float(), atol=1e-3)
     ref = torch.autograd.grad((lp_ref * ga).sum() + (ent_ref * gb).sum(), (h, W, b))
     lp, ent = ChunkedLogprobs.apply(h, W, b, y, temperature, 8, True)
     assert torch.allclose(lp, lp_ref.float(), atol=1e-5) and torch.allclose(ent, ent_ref.float(), atol=1e-5)
@@ -102,7 +107,7 @@ def test_chunked_logprobs_equal_the_logits_path_values_and_gradients(temperature
     # log-prob alone (no entropy in the loss): its gradient only
     lp, _ = ChunkedLogprobs.apply(h, W, b, y, temperature, 5, False)
     got = torch.autograd.grad((lp * ga).sum(), (h, W, b))
-    lp_ref = token_logprobs(torch.nn.functional.linear(h, W, b)[None], y[None], temperature)[0]
+    lp_ref, _ = exact(h, W, b)
     ref = torch.autograd.grad((lp_ref * ga).sum(), (h, W, b))
     for a, r in zip(got, ref, strict=True):
         assert torch.allclose(a, r, rtol=1e-3, atol=1e-4)  # fp32 logits of size ~5 / T
@@ -226,3 +231,48 @@ def test_logprob_bytes_per_vocab_entry_match_the_measured_peak(chunk):
     from a 4K to a 36K vocabulary, within 25%."""
     measured, estimated = _slope("vocab_size", 4096, 36864, False, chunk, 256)
     assert measured == pytest.approx(estimated, rel=0.25), (measured, estimated)
+
+
+def test_trainer_seed_keys_do_not_depend_on_the_world_size():
+    """Trainer.seed_keys: rank r of N takes its slice of the one-rank keys (so the same global
+    batch samples the same rows), and a problem drawn twice in a step gets two keys."""
+    from ftcli.train.loop import Trainer
+
+    model, tok = load_model("tiny-qwen3")
+
+    class Task:
+        def prompt(self, s):
+            return [{"role": "user", "content": s["question"]}]
+
+    data = [{"question": q} for q in ("a", "b", "a", "c", "b", "a", "d", "e")]  # duplicates
+
+    def keys(world, rank, step):
+        t = Trainer.__new__(Trainer)
+        t.cfg = resolve_config(prompts=4, seed=1)
+        t.world, t.rank, t.prompts_per_rank = world, rank, 4 // world
+        t.train_data, t.tokenizer, t.task, t._perm_cache = data, tok, Task(), {}
+        return t.seed_keys(step), [data[i]["question"] for i in t.prompts_for_step(step)]
+
+    dup = False
+    for step in (1, 2, 3, 4):
+        one, texts = keys(1, 0, step)
+        dup |= len(set(texts)) < len(texts)
+        (k0, t0), (k1, t1) = keys(2, 0, step), keys(2, 1, step)
+        assert k0 + k1 == one and t0 + t1 == texts
+        pairs = list(zip(texts, one, strict=True))
+        assert len(set(pairs)) == len(pairs)  # no two prompts of a step share (text, key)
+    assert dup  # some step drew one problem twice
+
+
+def test_auto_gen_batch_size_fits_the_kv_cache_in_free_memory(monkeypatch):
+    from types import SimpleNamespace
+
+    from ftcli.train.memory import auto_gen_batch_size
+
+    cfg = SimpleNamespace(num_attention_heads=32, num_key_value_heads=8, head_dim=128, hidden_size=2560,
+                          num_hidden_layers=36, vocab_size=151936)
+    assert auto_gen_batch_size(cfg, 1280, "cpu", torch.bfloat16) == 128  # CPU: the measured default
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev: (40 * 2**30, 80 * 2**30))
+    rows = auto_gen_batch_size(cfg, 1280, "cuda:0", torch.bfloat16)
+    per_row = 1280 * 36 * 2 * 1024 * 2 + 151936 * 8  # K and V of every layer, bf16, + a step's logits
+    assert rows == int(0.85 * 40 * 2**30 // per_row) and 150 < rows < 250

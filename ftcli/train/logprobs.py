@@ -47,12 +47,20 @@ class ChunkedLogprobs(torch.autograd.Function):
         lse = torch.empty(N, dtype=torch.float32, device=h.device)  # [N]
         ent = torch.zeros(N, dtype=torch.float32, device=h.device)  # [N]
         for a in range(0, N, chunk):
-            z = _scaled_logits(h[a : a + chunk], weight, bias, temperature)  # [c, V] fp32
-            lse[a : a + chunk] = torch.logsumexp(z, dim=-1)
-            logp[a : a + chunk] = z.gather(-1, targets[a : a + chunk, None]).squeeze(-1) - lse[a : a + chunk]
-            if with_entropy:
-                p = torch.exp(z - lse[a : a + chunk, None])  # [c, V]
-                ent[a : a + chunk] = (lse[a : a + chunk] - (p * z).sum(-1)).clamp_min(0.0)
+            sl = slice(a, a + chunk)
+            z = _scaled_logits(h[sl], weight, bias, temperature)  # [c, V] fp32
+            picked = z.gather(-1, targets[sl, None]).squeeze(-1)  # [c]
+            m = z.amax(-1, keepdim=True)  # [c, 1]
+            z.sub_(m)  # in place: one [c, V] buffer in all (torch.logsumexp would add two)
+            if with_entropy:  # H = log s - sum_v p_v (z_v - m), s = sum_v exp(z_v - m)
+                p = z.exp()  # [c, V]
+                s_ = p.sum(-1, keepdim=True)  # [c, 1]
+                ent[sl] = (s_.log() - p.mul_(z).sum(-1, keepdim=True) / s_).squeeze(-1).clamp_min(0.0)
+                del p
+            else:
+                s_ = z.exp_().sum(-1, keepdim=True)  # [c, 1]
+            lse[sl] = (s_.log() + m).squeeze(-1)
+            logp[sl] = picked - lse[sl]
             del z
         ctx.save_for_backward(h, weight, bias, targets, lse, ent)
         ctx.temperature, ctx.chunk = temperature, chunk
@@ -119,6 +127,8 @@ def policy_logprobs(module, batch: dict, temperature: float, chunk: int, need_en
     `module` is the model or its DeepSpeed engine. With `chunk` > 0 and a plain Linear head, the
     head returns them directly, `chunk` positions at a time (`chunked_head`: no [B, T, V]
     logits); otherwise from the logits (`grpo.token_logprobs`, `grpo.token_entropy`)."""
+    if batch.get("packing") is not None:
+        return packed_logprobs(module, batch, temperature, chunk, need_entropy, need_grad, entropy_grad)
     ids, first = batch["input_ids"], batch["first"]
     T = ids.shape[1]
     kw = dict(input_ids=ids, attention_mask=batch["attention_mask"].long(), logits_to_keep=T - first + 1,
@@ -143,6 +153,54 @@ def policy_logprobs(module, batch: dict, temperature: float, chunk: int, need_en
     logp = F.pad(logp, (first, 0))  # [B, T]
     ent = F.pad(ent, (first, 0)) if ent is not None else None
     return logp, ent
+
+
+def packed_targets(batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What a packed row predicts, in the padded path's positions: keep [N, T] bool (token t of
+    sequence n with `first` <= t < T_n: the positions `policy_logprobs` fills), src [M] long (the
+    row position whose hidden state predicts it: that of token t - 1) and targets [M] long."""
+    layout, ids, first = batch["packing"], batch["input_ids"], batch["first"]
+    keep = layout.valid.clone()  # [N, T]
+    keep[:, :first] = False
+    src = layout.index[:, :-1][keep[:, 1:]]  # [M]: row positions of tokens t - 1
+    return keep, src, ids[keep]
+
+
+def packed_logprobs(module, batch: dict, temperature: float, chunk: int, need_entropy: bool,
+                    need_grad: bool, entropy_grad: bool = False):
+    """`policy_logprobs` of a batch with a packed row (`batch["packing"]`,
+    `ftcli.packing.PackedLayout`): one forward of the [1, L] row with restarting position ids
+    and per-sequence attention (`ftcli.packing.packed_attention`); the head runs on the M
+    predicting positions only (`logits_to_keep` = their row positions; a shared prompt's last
+    position is gathered once per response) and the results are laid back into the padded
+    [N, T] layout (0 elsewhere), so everything downstream is the padded path's."""
+    from ftcli.packing import packed_attention
+
+    layout = batch["packing"]
+    keep, src, targets = packed_targets(batch)
+    kw = dict(input_ids=layout.input_ids, position_ids=layout.position_ids, attention_mask=None,
+              logits_to_keep=src, use_cache=False)
+    model = getattr(module, "module", module)
+    with contextlib.nullcontext() if need_grad else torch.no_grad(), packed_attention(model, layout):
+        if chunk and supports_chunked_head(model):
+            with chunked_head(model, targets[None], temperature, chunk, need_entropy):
+                out = module(**kw).logits[0]  # [M, 2]
+            logp, ent = out[:, 0], (out[:, 1] if need_entropy else None)  # [M]
+            if ent is not None and not (need_grad and entropy_grad):
+                ent = ent.detach()
+        else:
+            logits = module(**kw).logits  # [1, M, V]
+            logp = grpo.token_logprobs(logits, targets[None], temperature)[0]  # [M]
+            ent = None
+            if need_entropy:
+                with contextlib.nullcontext() if need_grad and entropy_grad else torch.no_grad():
+                    ent = grpo.token_entropy(logits, temperature)[0]  # [M]
+    return unpack_tokens(logp, keep), (unpack_tokens(ent, keep) if ent is not None else None)
+
+
+def unpack_tokens(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """[M] per-token values -> [N, T] at the True positions of `keep` (0 elsewhere; differentiable)."""
+    return torch.zeros(keep.shape, dtype=values.dtype, device=values.device).masked_scatter(keep, values)
 
 
 @contextlib.contextmanager

@@ -105,14 +105,15 @@ def logprob_bytes(s: ModelShape, tokens: int, w: int, chunk: int) -> float:
     """Peak temporaries of the log-probs of `tokens` positions, with the LM head's weight
     gradient that the backward allocates beside them (V x H). From full logits: the logits (w),
     their fp32 copy (when w < 4) and, in the backward, the fp32 softmax and gradient: (w + 4 + 8)
-    bytes per vocab entry per token (14 at bf16). Chunked (`ftcli.train.logprobs`): the head's
-    output, its fp32 copy and one fp32 temporary for `chunk` positions at a time, 12 bytes per
-    position kept for the backward, and the weight gradient accumulated in fp32."""
-    copy = 4 if w < 4 else 0
+    bytes per vocab entry per token (14 at bf16). Chunked (`ftcli.train.logprobs`): the same
+    temporaries for `chunk` positions at a time (measured on CPU: about three fp32 [chunk, V]
+    buffers at the backward's peak, with the BLAS copy of the transposed gradient), 12 bytes
+    per position kept for the backward, and the weight gradient accumulated in fp32."""
+    per_entry = w + (4 if w < 4 else 0) + 8
     if not chunk:
-        return tokens * s.vocab * (w + copy + 8) + s.vocab * s.hidden * w
+        return tokens * s.vocab * per_entry + s.vocab * s.hidden * w
     head_grad = s.vocab * s.hidden * (4 + (w if w < 4 else 0))  # fp32 accumulator (+ its cast)
-    return min(tokens, chunk) * s.vocab * (w + copy + 4) + tokens * 12 + head_grad
+    return min(tokens, chunk) * s.vocab * per_entry + tokens * 12 + head_grad
 
 
 def capture_bytes(batch: int, seq: int) -> float:

@@ -17,6 +17,7 @@ import torch.distributed as dist
 from ftcli import grpo
 from ftcli.attention import capture_attention, mean_attention
 from ftcli.credit import CreditInputs, CreditOptions, compute_credit, get_rule, token_class_filter
+from ftcli.packing import pack_row, packed_micro_batches
 from ftcli.sequences import TracedSeq, collate, micro_batches
 from ftcli.train.config import TrainConfig
 from ftcli.train.logprobs import policy_logprobs
@@ -75,6 +76,7 @@ class PolicyUpdate:
         need_entropy = "entropy" in rule.needs or cfg.entropy_coef > 0
         with timer("fwd_bwd"):
             if want_attn and credit_pass == "fused":
+                # packed: the capture takes each sequence's block of the row (its padding mask too)
                 with capture_attention(self.engine.module, layers=cfg.layers, attention_mask=am) as cap:
                     logp, ent = self.forward_logp(self.engine, batch, need_entropy, True)
                 W, cap.W = cap.W, None  # the [B, T, T] buffer is freed once the credit is computed
@@ -149,17 +151,29 @@ class PolicyUpdate:
 
     def plan_micro_batches(self, seqs: list[TracedSeq], order: str) -> list[tuple[list[TracedSeq], bool]]:
         """This rank's micro-batches of `seqs` ((sequences, real) pairs): at most --micro-batch
-        sequences and --micro-tokens padded slots each (`sequences.micro_batches`), padded with
+        sequences and --micro-tokens padded slots each (`sequences.micro_batches`; with --pack:
+        packed rows of --micro-tokens slots, `packing.packed_micro_batches`), padded with
         filler micro-batches (the rank's shortest sequence, loss x 0) up to the largest count
         over ranks. Every rank then runs the same number of forward/backward passes, which
         ZeRO's collectives (ZeRO-3 gathers in the forward, ZeRO-2 reduces in the backward) need
         when a token budget gives ranks different counts."""
-        micro = micro_batches(seqs, self.micro_batch, order, self.cfg.micro_tokens)
+        if self.cfg.pack:  # one row each, --micro-tokens row slots
+            micro = packed_micro_batches(seqs, self.micro_batch, self.cfg.micro_tokens, self.cfg.share_prompt)
+        else:
+            micro = micro_batches(seqs, self.micro_batch, order, self.cfg.micro_tokens)
         (most,) = self.all_max([len(micro)])
         shortest = min(seqs, key=lambda s: len(s.ids)) if seqs else None
         plan = [(m, True) for m in micro]
         plan += [([shortest], False)] * (int(most) - len(micro))
         return plan
+
+    def collate(self, seqs: list[TracedSeq]) -> dict:
+        """The micro-batch's padded [B, T] tensors (`sequences.collate`: what the credit and the
+        loss read); with --pack also its packed row (`packing`: what the forward runs)."""
+        batch = collate(seqs, self.pad_id, self.device)
+        if self.cfg.pack:
+            batch["packing"] = pack_row(seqs, self.cfg.share_prompt, self.device)
+        return batch
 
     def all_max(self, values: list[float]) -> list[float]:
         """Element-wise max of `values` over ranks."""
@@ -174,7 +188,7 @@ class PolicyUpdate:
         out = {}
         with timer("old_logp"):
             for m, _ in self.plan_micro_batches(seqs, order):  # fillers too: ZeRO-3 gathers in lockstep
-                logp, _ = self.forward_logp(self.engine.module, collate(m, self.pad_id, self.device), False, False)
+                logp, _ = self.forward_logp(self.engine.module, self.collate(m), False, False)
                 for b, s in enumerate(m):
                     out[id(s)] = logp[b, : len(s.ids)].detach().cpu()
         return out
@@ -200,7 +214,7 @@ class PolicyUpdate:
             for k, (m, real) in enumerate(plan):
                 # the boundary is ours: the micro-batch count varies from step to step
                 self.engine.set_gradient_accumulation_boundary(k == len(plan) - 1)
-                batch = collate(m, self.pad_id, self.device)
+                batch = self.collate(m)
                 batch["rollout_logp"] = rollout_logp_matrix(m, batch["input_ids"].shape[1], self.device)  # None: HF
                 # pi_old: the sampling policy; with one update per batch it is the current one
                 old = None
