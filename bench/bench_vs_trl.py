@@ -135,9 +135,6 @@ def run_trl_arm(args, credit: str) -> dict:
     from transformers import TrainerCallback
     from trl import GRPOConfig
 
-    sys.path.insert(0, str(ROOT / "examples"))
-    from trl_flowtracer import countdown_problems
-
     from ftcli.credit import CreditOptions
     from ftcli.generation import render_prompt
     from ftcli.integrations.trl import FlowTracerGRPOTrainer
@@ -262,6 +259,8 @@ def main() -> int:
     res["load_after"] = list(os.getloadavg())
     tag = "" if args.model == "default-policy" else "_" + args.model.replace("/", "_")
     path = ROOT / "bench" / "results" / f"vs_trl{tag}.json"
+    if path.exists():  # keep the parts not run this time
+        res = json.loads(path.read_text()) | res
     path.write_text(json.dumps(res, indent=1) + "\n")
     print(json.dumps({k: v for k, v in res.items() if k != "layout"} | {"layout": res.get("layout", {}).get("rows")}, indent=1))
     print(f"wrote {path}", file=sys.stderr)

@@ -22,7 +22,7 @@ from tests.test_train_microbatch_on_cpu import GradEngine, _realistic_step, _seq
 
 def _update(model, tok, seqs, **kw):
     """One update of `seqs` on a plain-autograd engine; (stats, grads, engine, updater)."""
-    opts = dict(model="tiny-qwen3", micro_batch=5, log_samples=0, progress=False)
+    opts = dict(model="tiny-qwen3", micro_batch=5, log_samples=0, progress=False, pack=False)  # padded micro-batches
     opts.update(kw)
     cfg = resolve_config(**opts)
     model.zero_grad(set_to_none=True)

@@ -5,6 +5,7 @@ tiny model, to float tolerance), and computes fewer slots."""
 
 import pytest
 import torch
+from test_train_microbatch_on_cpu import _realistic_step, _seqs, _update
 
 from ftcli.attention import capture_attention, mean_attention
 from ftcli.credit import CreditInputs, CreditOptions, compute_credit, get_rule
@@ -12,7 +13,6 @@ from ftcli.models import load_model
 from ftcli.packing import pack_row, packed_attention, packed_micro_batches, packed_slots
 from ftcli.sequences import collate, micro_batches, padded_slots
 from ftcli.train.logprobs import policy_logprobs
-from test_train_microbatch_on_cpu import _realistic_step, _seqs, _update
 
 
 @pytest.fixture(scope="module")
