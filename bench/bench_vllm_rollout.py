@@ -36,8 +36,8 @@ from bench_generation import countdown_prompts  # noqa: E402
 
 def bench_shape(name: str, model_alias: str, prompts_n: int, group: int, max_new: int, reps: int) -> dict:
     """Both arms at one shape; returns the shape's result entry."""
+    from ftcli.fetch.models import load_model, resolve_model
     from ftcli.generation import generate, stop_token_ids
-    from ftcli.models import load_model, resolve_model
     from ftcli.vllm_engine import EngineOptions, VLLMEngine, stream_parameters
 
     model, tok = load_model(model_alias)

@@ -136,9 +136,9 @@ def run_trl_arm(args, credit: str) -> dict:
     from trl import GRPOConfig
 
     from ftcli.credit import CreditOptions
+    from ftcli.fetch.models import load_tokenizer, resolve_model
     from ftcli.generation import render_prompt
     from ftcli.integrations.trl import FlowTracerGRPOTrainer
-    from ftcli.models import load_tokenizer, resolve_model
 
     tok = load_tokenizer(args.model)
     task, problems = ft_problems(args)

@@ -30,8 +30,8 @@ import torch
 
 from ftcli import get_task
 from ftcli.credit import RULES, SELECT_MODES, WEIGHTINGS, CreditOptions
+from ftcli.fetch.models import DEFAULT_POLICY, load_tokenizer, resolve_model
 from ftcli.generation import render_prompt
-from ftcli.models import DEFAULT_POLICY, load_tokenizer, resolve_model
 
 
 def parse_args(argv=None) -> argparse.Namespace:

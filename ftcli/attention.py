@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ftcli.options import LAYERS_HELP  # noqa: F401 - re-exported
 from ftcli.packing import PACKED_IMPL, PACKING_ATTR, segment_attention
 
 __all__ = [
@@ -58,7 +59,7 @@ IMPL_FOR_FAMILY = {
     "varlen": "ftcli_flow_varlen",  # flash family: 2D padding mask [B, T] or None
 }
 _STATE_ATTR = "_ftcli_attention_capture"
-# Set on attention modules by ftcli.intervention.block_keys: (query, key, mask) -> mask.
+# Set on attention modules by ftcli.experiments.blocking.block_keys: (query, key, mask) -> mask.
 MASK_HOOK_ATTR = "_ftcli_mask_hook"
 _registered = False
 
@@ -74,11 +75,6 @@ PAPER_DEPTH = 36
 PAPER_RANGES = {"paper-early": (0, 15), "paper-mid": (15, 25), "paper-late": (25, 35)}
 
 # The help of every `--layers` option.
-LAYERS_HELP = (
-    "Layers averaged into W: mid|early|late|all (thirds of the depth), "
-    "paper-early|paper-mid|paper-late (Fig. 6's 0:15, 15:25, 25:35 of 36 layers, scaled to the "
-    "model's depth), or A:B (half-open, e.g. 15:25)."
-)
 
 
 def paper_layer_bounds(name: str, num_layers: int) -> tuple[int, int]:

@@ -78,9 +78,15 @@ import torch
 from ftcli.attention import layer_range, num_layers
 from ftcli.flow import credit_weights, select_tokens, trace_flow
 from ftcli.grpo import token_logprobs
+from ftcli.options import (  # noqa: F401 - re-exported: the choices live where the CLI reads them
+    CREDIT_TOKENS,
+    RULE_SUMMARIES,
+    SELECT_MODES,
+    TOKEN_CLASSES,
+    WEIGHTINGS,
+    describe_rules,
+)
 
-SELECT_MODES = ("top", "bottom")
-WEIGHTINGS = ("binary", "raw", "tanh", "sigmoid", "mad", "log1p", "mass")
 MAD_SCALE = 1.4826  # MAD -> std for a normal distribution
 
 
@@ -159,18 +165,20 @@ RULES: dict[str, CreditRule] = {}
 
 
 def register_rule(name: str, needs: tuple[str, ...] = (), summary: str = ""):
-    """Decorator adding a score function to the registry under `name`."""
+    """Decorator adding a score function to the registry under `name` (a built-in rule's
+    summary is `ftcli.options.RULE_SUMMARIES[name]`, which `ft --help` reads without torch)."""
 
     def deco(fn: ScoreFn) -> ScoreFn:
         if name in RULES:
             raise ValueError(f"credit rule {name!r} is already registered")
-        RULES[name] = CreditRule(name, fn, frozenset(needs), summary)
+        RULE_SUMMARIES[name] = summary or RULE_SUMMARIES.get(name) or ""
+        RULES[name] = CreditRule(name, fn, frozenset(needs), RULE_SUMMARIES[name])
         return fn
 
     return deco
 
 
-RULES["none"] = CreditRule("none", None, frozenset(), "plain GRPO (all weights 1)")
+RULES["none"] = CreditRule("none", None, frozenset(), RULE_SUMMARIES["none"])
 
 
 def get_rule(name: str) -> CreditRule:
@@ -190,7 +198,7 @@ def _require(inputs: CreditInputs, what: str, rule: str):
     return v
 
 
-@register_rule("random", summary="uniform random scores, seeded per sequence")
+@register_rule("random")
 def score_random(inputs: CreditInputs, opts: CreditOptions):
     B, T = inputs.response_mask.shape
     seeds = inputs.seeds if inputs.seeds is not None else torch.arange(B)
@@ -201,26 +209,25 @@ def score_random(inputs: CreditInputs, opts: CreditOptions):
     return out.to(inputs.response_mask.device), None
 
 
-@register_rule("entropy", needs=("entropy",), summary="policy entropy of each token")
+@register_rule("entropy", needs=("entropy",))
 def score_entropy(inputs: CreditInputs, opts: CreditOptions):
     return _require(inputs, "entropy", "entropy").float(), None
 
 
-@register_rule("correlation", needs=("model",),
-               summary="mean |correlation| of a token's hidden state with the other response tokens' (Nie et al.)")
+@register_rule("correlation", needs=("model",))
 def score_correlation(inputs: CreditInputs, opts: CreditOptions):
     model = _require(inputs, "model", "correlation")
     h = middle_hidden_states(model, inputs.input_ids, inputs.attention_mask)  # [B, T, d]
     return mutual_correlation(h, inputs.response_mask), None
 
 
-@register_rule("attention", needs=("attention",), summary="maximum attention received from a later token")
+@register_rule("attention", needs=("attention",))
 def score_attention(inputs: CreditInputs, opts: CreditOptions):
     W = _require(inputs, "W", "attention")  # [B, T, T]
     return max_received_attention(W, inputs.response_mask), None
 
 
-@register_rule("flow", needs=("attention",), summary="FlowTracer throughput tau (question -> answer)")
+@register_rule("flow", needs=("attention",))
 def score_flow(inputs: CreditInputs, opts: CreditOptions):
     W = _require(inputs, "W", "flow")
     res = trace_flow(
@@ -235,7 +242,7 @@ def score_flow(inputs: CreditInputs, opts: CreditOptions):
     return res.tau.float(), res.fallback
 
 
-@register_rule("gradient", needs=("model",), summary="answer log-likelihood gradient saliency")
+@register_rule("gradient", needs=("model",))
 def score_gradient(inputs: CreditInputs, opts: CreditOptions):
     model = _require(inputs, "model", "gradient")
     ans = inputs.answer_mask  # [B, T]
@@ -246,13 +253,13 @@ def score_gradient(inputs: CreditInputs, opts: CreditOptions):
     return scores, fallback
 
 
-@register_rule("clip-cov", needs=("logp",), summary="advantage x centred log-prob (Clip-Cov, Cui et al.)")
+@register_rule("clip-cov", needs=("logp",))
 def score_clip_cov(inputs: CreditInputs, opts: CreditOptions):
     logp = _require(inputs, "logp", "clip-cov").float()  # [B, T]
     return clip_cov_scores(logp, inputs.advantages, inputs.response_mask), None
 
 
-@register_rule("fai", needs=("attention",), summary="future attention influence: windowed mean of received attention")
+@register_rule("fai", needs=("attention",))
 def score_fai(inputs: CreditInputs, opts: CreditOptions):
     W = _require(inputs, "W", "fai")  # [B, T, T]
     return future_attention_influence(W, inputs.response_mask, opts.fai_window), None
@@ -488,19 +495,9 @@ def compute_credit(rule: CreditRule | str, inputs: CreditInputs, opts: CreditOpt
     return Credit(weights.detach(), credited, scores, fallback)
 
 
-def describe_rules(summaries: bool = False) -> str:
-    """The registered rule names for CLI help ("none, random, ..."); with `summaries`, each
-    followed by what it scores ("none: plain GRPO (all weights 1); ...")."""
-    if summaries:
-        return "; ".join(f"{r.name}: {r.summary}" for r in RULES.values())
-    return ", ".join(RULES)
-
-
 # ---------------------------------------------------------------------------------------------
 # Token classes (paper Sec. 5.2): a token filter of the shared selection
 # ---------------------------------------------------------------------------------------------
-TOKEN_CLASSES = ("structural", "semantic")
-CREDIT_TOKENS = ("all", *TOKEN_CLASSES)
 
 
 def token_class(text: str) -> str:

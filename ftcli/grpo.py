@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import torch
 
-AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+from ftcli.options import AGG_MODES  # noqa: F401 - re-exported: the CLI reads it without torch
+
 LOG_RATIO_CLAMP = 20.0  # |log rho| cap before exp (verl's compute_policy_loss_vanilla)
 
 

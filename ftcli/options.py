@@ -10,6 +10,44 @@ from __future__ import annotations
 import math
 from dataclasses import field, fields
 
+# ---------------------------------------------------------------------------------------------
+# Choices and help texts shared by the options, kept here so that building the CLI (and `ft
+# --help`) imports no torch; the modules that use them (credit, attention, grpo, sequences)
+# re-export them.
+# ---------------------------------------------------------------------------------------------
+SELECT_MODES = ("top", "bottom")
+WEIGHTINGS = ("binary", "raw", "tanh", "sigmoid", "mad", "log1p", "mass")
+TOKEN_CLASSES = ("structural", "semantic")
+CREDIT_TOKENS = ("all", *TOKEN_CLASSES)
+AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+MICRO_ORDERS = ("length", "group")
+LAYERS_HELP = (
+    "Layers averaged into W: mid|early|late|all (thirds of the depth), "
+    "paper-early|paper-mid|paper-late (Fig. 6's 0:15, 15:25, 25:35 of 36 layers, scaled to the "
+    "model's depth), or A:B (half-open, e.g. 15:25)."
+)
+# The built-in credit rules, in registry order, and what each scores (`ftcli.credit` registers
+# their score functions under these names and takes the summaries from here).
+RULE_SUMMARIES = {
+    "none": "plain GRPO (all weights 1)",
+    "random": "uniform random scores, seeded per sequence",
+    "entropy": "policy entropy of each token",
+    "correlation": "mean |correlation| of a token's hidden state with the other response tokens' (Nie et al.)",
+    "attention": "maximum attention received from a later token",
+    "flow": "FlowTracer throughput tau (question -> answer)",
+    "gradient": "answer log-likelihood gradient saliency",
+    "clip-cov": "advantage x centred log-prob (Clip-Cov, Cui et al.)",
+    "fai": "future attention influence: windowed mean of received attention",
+}
+
+
+def describe_rules(summaries: bool = False) -> str:
+    """The built-in rule names for CLI help ("none, random, ..."); with `summaries`, each
+    followed by what it scores ("none: plain GRPO (all weights 1); ...")."""
+    if summaries:
+        return "; ".join(f"{name}: {summary}" for name, summary in RULE_SUMMARIES.items())
+    return ", ".join(RULE_SUMMARIES)
+
 
 def option(default, help: str, panel: str | None = None, cli: bool = True, choices=None, *,
            flags: tuple[str, ...] = (), min=None, max=None, gt=None, lt=None, why: str | None = None,

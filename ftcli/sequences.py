@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ftcli.generation import encode_prompt, render_prompt, token_offsets
+from ftcli.options import MICRO_ORDERS  # noqa: F401 - re-exported
 from ftcli.spans import find_question_span, span_to_token_mask
 
 
@@ -90,7 +91,6 @@ def task_prompt(tokenizer, task, sample: dict, question: str | None = None) -> P
     return Prompt(text, ids, question_mask(tokenizer, text, ids, str(sample.get("question", ""))))
 
 
-MICRO_ORDERS = ("length", "group")
 
 
 def micro_batches(seqs: Sequence[TracedSeq], size: int, order: str = "length",

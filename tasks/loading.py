@@ -14,7 +14,7 @@ A JSON Lines line that is not a JSON object is skipped with one warning (and lis
 cannot be read at all (empty, not UTF-8, not parquet) and a row whose fields are missing,
 null, empty or of the wrong type raise `DataError`. Tasks check their rows with `check_field`.
 
-A missing file in the data cache is fetched on first use (`ftcli.datafetch`), unless
+A missing file in the data cache is fetched on first use (`ftcli.fetch.data`), unless
 `FT_NO_DOWNLOAD=1` or the data root was given explicitly (`--data-root`, `FT_DATA`).
 """
 
@@ -77,7 +77,7 @@ def data_file(root: Path, relpath: str) -> Path:
 
     Raises `DataFileMissing` in one line naming the file and how to get it.
     """
-    from ftcli.datafetch import FetchError, ensure_file  # keeps `import ftcli.tasks` light
+    from ftcli.fetch.data import FetchError, ensure_file  # keeps `import ftcli.tasks` light
 
     path = root / relpath
     if path.is_file():
@@ -101,7 +101,7 @@ def data_file(root: Path, relpath: str) -> Path:
 
 def fetch_name(relpath: str) -> str:
     """The `ft data fetch` argument that brings `relpath` (its first task, else the path)."""
-    from ftcli.datafetch import source_for
+    from ftcli.fetch.data import source_for
 
     src = source_for(relpath)
     return src.tasks[0] if src and src.tasks else relpath
@@ -291,7 +291,7 @@ def describe_data(task: Any) -> dict[str, Any]:
 
 def describe_files(root: str | Path, files: dict[str, str]) -> dict[str, Any]:
     """`{"source": "files", "root", "files": {split: {"path", "sha256"}}}` (None: missing)."""
-    from ftcli.datafetch import sha256_file
+    from ftcli.fetch.data import sha256_file
 
     root = Path(root)
     out = {}

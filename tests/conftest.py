@@ -40,7 +40,7 @@ def pytest_configure(config):
 def _prepare_data() -> None:
     """Fetch from FT_DATA_MIRROR into a temporary cache (FT_DATA), or find what is there."""
     from ftcli.config import data_root
-    from ftcli.datafetch import FetchError, fetch, file_status, registry
+    from ftcli.fetch.data import FetchError, fetch, file_status, registry
 
     mirror = os.environ.get("FT_DATA_MIRROR")
     if mirror and not os.environ.get("FT_DATA"):

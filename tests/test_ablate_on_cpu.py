@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 import ftcli.experiments.stats as ab
 from ftcli.attention import capture_attention, mean_attention
 from ftcli.cli import app
-from ftcli.intervention import block_keys, blocked_mask
-from ftcli.models import load_model, tiny_causal_lm
+from ftcli.experiments.blocking import block_keys, blocked_mask
+from ftcli.fetch.models import load_model, tiny_causal_lm
 
 runner = CliRunner()
 

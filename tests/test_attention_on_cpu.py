@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ftcli.attention import _STATE_ATTR, capture_attention, layer_range, mean_attention
-from ftcli.models import tiny_causal_lm
+from ftcli.fetch.models import tiny_causal_lm
 
 ATOL = 1e-5
 NUM_LAYERS = 6  # tiny_causal_lm default
@@ -475,7 +475,7 @@ def test_transpose_strict_upper_in_place(T):
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_parity_real_default_model():
-    from ftcli.models import load_model
+    from ftcli.fetch.models import load_model
 
     model, tok = load_model("smollm2-135m")
     L = model.config.num_hidden_layers

@@ -180,7 +180,7 @@ def test_correlation_is_the_mean_absolute_correlation_with_the_other_tokens():
 
 def test_correlation_rule_on_tiny_model():
     from ftcli.attention import layer_range, num_layers
-    from ftcli.models import load_model
+    from ftcli.fetch.models import load_model
 
     model, _ = load_model("tiny-qwen3")
     inp = _batch(with_W=False)
@@ -252,7 +252,7 @@ def test_bad_options():
 
 
 def test_gradient_rule_on_tiny_model():
-    from ftcli.models import load_model
+    from ftcli.fetch.models import load_model
 
     model, _ = load_model("tiny-qwen3")
     inp = _batch(with_W=False)

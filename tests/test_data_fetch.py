@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from ftcli import get_task, list_tasks
 from ftcli.cli import app
 from ftcli.config import data_cache, resolve_data_root
-from ftcli.datafetch import (
+from ftcli.fetch.data import (
     DigestMismatch,
     FetchError,
     Source,
@@ -326,7 +326,7 @@ def test_missing_file_fetched_on_first_use_from_the_mirror(tmp_path, monkeypatch
     monkeypatch.setenv("FT_CACHE", str(tmp_path / "c"))
     monkeypatch.delenv("FT_DATA", raising=False)
     monkeypatch.setenv("FT_DATA_MIRROR", str(tmp_path / "mirror"))
-    monkeypatch.setattr("ftcli.datafetch.registry", lambda: tuple(sources))
+    monkeypatch.setattr("ftcli.fetch.data.registry", lambda: tuple(sources))
     monkeypatch.setenv("FT_NO_DOWNLOAD", "1")
     with pytest.raises(DataFileMissing, match="FT_NO_DOWNLOAD is set.*ft data fetch aime24"):
         get_task("aime24").load("test")
@@ -343,7 +343,7 @@ def test_first_use_without_network_is_one_line_naming_the_mirror(tmp_path, monke
     monkeypatch.setenv("FT_NO_DOWNLOAD", "0")
     src = Source("aime24/test.jsonl", ("aime24",), "http://127.0.0.1:9/aime24.jsonl", "0" * 64,
                  10, "test")
-    monkeypatch.setattr("ftcli.datafetch.registry", lambda: (src,))
+    monkeypatch.setattr("ftcli.fetch.data.registry", lambda: (src,))
     res = CliRunner().invoke(app, ["data", "show", "aime24"])
     assert res.exit_code == 1
     lines = res.output.strip().splitlines()

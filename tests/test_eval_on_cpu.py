@@ -11,12 +11,12 @@ import math
 import pytest
 from typer.testing import CliRunner
 
-import ftcli.evaluate as ev
+import ftcli.evaluation.benchmarks as ev
+import ftcli.evaluation.suites as suites
 import ftcli.generation as gen
-import ftcli.suites as suites
 from ftcli.cli import app
-from ftcli.evaluate import Target, collect_results, evaluate, resolve_checkpoint
-from ftcli.metrics import (
+from ftcli.evaluation.benchmarks import Target, collect_results, evaluate, resolve_checkpoint
+from ftcli.evaluation.metrics import (
     MetricError,
     avg_at_k,
     compute_metric,
@@ -28,8 +28,8 @@ from ftcli.metrics import (
     pass_at_k,
     standard_metrics,
 )
-from ftcli.models import load_model
-from ftcli.suites import EvalError, load_suite
+from ftcli.evaluation.suites import EvalError, load_suite
+from ftcli.fetch.models import load_model
 
 runner = CliRunner()
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from ftcli.evaluation.metrics import metric_stderr
 from ftcli.experiments.stats import (
     mean_mdd,
     minimal_detectable_difference,
@@ -14,7 +15,6 @@ from ftcli.experiments.stats import (
     t_quantile,
 )
 from ftcli.experiments.sweep import paired_vs_baseline
-from ftcli.metrics import metric_stderr
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -172,7 +172,7 @@ def test_results_md_renders_table_1_with_its_detectable_difference(results_md):
 
 
 def test_sampling_stderr_counts_only_the_noise_within_problems():
-    from ftcli.metrics import sampling_stderr
+    from ftcli.evaluation.metrics import sampling_stderr
 
     # problems always right or always wrong: the samples cannot disagree, no sampling noise
     assert sampling_stderr("avg@4", [[True] * 4, [False] * 4]) == 0.0

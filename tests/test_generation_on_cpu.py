@@ -5,6 +5,7 @@ finish, some are truncated) and the pad token impossible (so "no padding" is che
 import pytest
 import torch
 
+from ftcli.fetch.models import ModelError, load_model, load_tokenizer
 from ftcli.generation import (
     COMPACT_FRACTION,
     GenerationError,
@@ -16,7 +17,6 @@ from ftcli.generation import (
     token_offsets,
     warp_logits,
 )
-from ftcli.models import ModelError, load_model, load_tokenizer
 
 MAX_NEW = 12
 

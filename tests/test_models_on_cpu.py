@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from ftcli import model_fetch, models
-from ftcli.models import ModelError
+from ftcli.fetch import gguf as model_fetch
+from ftcli.fetch import models
+from ftcli.fetch.models import ModelError
 
 
 @pytest.fixture

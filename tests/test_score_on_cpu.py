@@ -7,9 +7,9 @@ import torch
 from typer.testing import CliRunner
 
 from ftcli.cli import app
+from ftcli.fetch.models import load_model
 from ftcli.flow import trace_flow
-from ftcli.models import load_model
-from ftcli.scoring import answer_span, backbone_edges, score_pairs
+from ftcli.score.pairs import answer_span, backbone_edges, score_pairs
 from ftcli.spans import find_question_span, last_boxed_span, span_to_token_mask
 
 runner = CliRunner()
@@ -135,7 +135,7 @@ def test_cli_score_non_utf8_is_one_line(tmp_path):
 
 
 def test_score_refuses_inputs_beyond_the_context_before_any_forward(monkeypatch, tmp_path):
-    import ftcli.scoring as scoring
+    import ftcli.score.pairs as scoring
 
     calls = []
     monkeypatch.setattr(scoring, "mean_attention", lambda *a, **k: calls.append(1) / 0)

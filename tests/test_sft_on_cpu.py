@@ -10,12 +10,12 @@ import torch
 from ftcli.tasks import get_task
 from ftcli.tasks.countdown import make_sample, solve
 
+from ftcli.fetch.models import CHAT_TEMPLATE, DEFAULT_POLICY_DIR
 from ftcli.generation import generate, render_prompt
-from ftcli.models import CHAT_TEMPLATE, DEFAULT_POLICY_DIR
 from ftcli.policy import IM_END, SPECIAL_TOKENS, TAG_TOKENS
-from ftcli.policy.model import new_policy_model, round_to_fp16, save_policy, train_tokenizer
+from ftcli.policy.build import new_policy_model, round_to_fp16, save_policy, train_tokenizer
+from ftcli.policy.sft import IGNORE, SFTConfig, collate, encode_example, response_loss, sft_train
 from ftcli.policy.traces import TraceOptions, countdown_examples, countdown_trace, expression_tree
-from ftcli.sft import IGNORE, SFTConfig, collate, encode_example, response_loss, sft_train
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +139,7 @@ def test_a_few_sft_steps_reduce_the_loss_deterministically(tok, examples):
 
 
 def test_saved_policy_reloads_and_generates(tok, examples, tmp_path):
-    from ftcli.models import load_model
+    from ftcli.fetch.models import load_model
 
     model = new_policy_model(tok, "micro", seed=0)
     round_to_fp16(model)
@@ -172,7 +172,7 @@ def _solved(task, samples, outs) -> float:
 @pytest.mark.needs_data
 def test_default_policy_accuracy_on_the_tinyzero_test_files():
     """RECIPE.md: 27.1% greedy on TinyZero's 1024 test problems; these 64 are a sample of them."""
-    from ftcli.models import load_model
+    from ftcli.fetch.models import load_model
 
     files = get_task("countdown", source="files")
     model, tok = load_model("default-policy")
@@ -183,7 +183,7 @@ def test_default_policy_accuracy_on_the_tinyzero_test_files():
 def test_default_policy_loads_and_answers(task):
     """The shipped checkpoint (in the repository: a missing one is a failure, not a skip), on
     generated test problems (12.5% of these 64 greedily; a random model solves none)."""
-    from ftcli.models import load_model, resolve_model
+    from ftcli.fetch.models import load_model, resolve_model
 
     assert resolve_model("default-policy") == str(DEFAULT_POLICY_DIR)
     model, tok = load_model("default-policy")
@@ -239,7 +239,7 @@ def test_ft_sft_command_writes_a_loadable_checkpoint(tmp_path):
     from typer.testing import CliRunner
 
     from ftcli.cli import app
-    from ftcli.models import load_model
+    from ftcli.fetch.models import load_model
 
     out = tmp_path / "pol"
     res = CliRunner().invoke(app, ["sft", "--out", str(out), "--size", "micro", "--steps", "3", "--batch-size", "4",

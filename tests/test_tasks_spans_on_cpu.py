@@ -8,7 +8,7 @@ from ftcli.spans import find_question_span, span_to_token_mask
 
 @pytest.fixture(scope="module")
 def tok():
-    from ftcli.models import ModelError, load_tokenizer
+    from ftcli.fetch.models import ModelError, load_tokenizer
 
     try:
         return load_tokenizer("smollm2-135m")

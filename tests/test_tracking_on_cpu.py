@@ -1,5 +1,5 @@
-"""Run tracking (`ftcli.tracking`: TensorBoard read back with TensorBoard's own reader, W&B
-offline) and the model card (`ftcli.modelcard`: metadata parsed as YAML and by the hub library)."""
+"""Run tracking (`ftcli.train.tracking`: TensorBoard read back with TensorBoard's own reader, W&B
+offline) and the model card (`ftcli.train.modelcard`: metadata parsed as YAML and by the hub library)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from ftcli.modelcard import command_line, front_matter, write_model_card
-from ftcli.tracking import (
+from ftcli.train.config import TrainConfig
+from ftcli.train.modelcard import command_line, front_matter, write_model_card
+from ftcli.train.tracking import (
     CREDIT_CLOSE,
     CREDIT_OPEN,
     TensorBoardTracker,
@@ -29,7 +30,6 @@ from ftcli.tracking import (
     samples_markdown,
     wandb_mode,
 )
-from ftcli.train.config import TrainConfig
 
 HAS_TB = importlib.util.find_spec("tensorboard") is not None
 HAS_WANDB = importlib.util.find_spec("wandb") is not None
@@ -248,7 +248,7 @@ def test_model_card_front_matter_and_body(tmp_path):
 
 
 def test_model_card_of_generated_problems_names_no_hub_dataset(tmp_path):
-    from ftcli.modelcard import card_metadata
+    from ftcli.train.modelcard import card_metadata
 
     cfg = {"task": "countdown", "model": "default-policy", "credit": "flow", "val_size": 200,
            "data": {"source": "generated", "generator": "countdown-sos-v1", "seed": 3}}
@@ -284,8 +284,11 @@ def test_model_card_without_validation_or_credit(tmp_path):
 
 def test_command_line():
     assert command_line(["/venv/bin/ft", "train", "--out", "runs/a b"]) == "ft train --out 'runs/a b'"
+    assert command_line(["/x/ftcli/train/__main__.py", "--local_rank=1", "--zero-stage", "2"]) == \
+        "python -m ftcli.train --zero-stage 2"
     assert command_line(["/x/ftcli/train_entry.py", "--local_rank=1", "--zero-stage", "2"]) == \
-        "python -m ftcli.train_entry --zero-stage 2"
+        "python -m ftcli.train --zero-stage 2"
+    assert command_line(["/x/other/__main__.py", "--zero-stage", "2"]) == "__main__.py --zero-stage 2"
 
 
 # -- wired into ft train, ft ablate and ft sft ---------------------------------------------------
@@ -358,7 +361,7 @@ def test_ft_train_report_to_tensorboard_resume_and_model_card(tmp_path, monkeypa
                  f"```bash\n{shlex.join(['ft', *args])}\n```"):
         assert want in card, want
     assert not (out / "checkpoints" / "step_000002" / "README.md").exists()  # the final checkpoint's only
-    from ftcli.train.rundir import checkpoint_damage, read_manifest
+    from ftcli.rundir import checkpoint_damage, read_manifest
 
     final = out / "checkpoints" / "final"
     assert "README.md" in read_manifest(final) and checkpoint_damage(final) is None  # the card is in its digests

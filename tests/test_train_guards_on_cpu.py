@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from ftcli import grpo
 from ftcli.cli import app
+from ftcli.rundir import MANIFEST, RunDir, checkpoint_damage
 from ftcli.train.config import TrainConfig, resolve_config
-from ftcli.train.rundir import MANIFEST, RunDir, checkpoint_damage
 
 
 # -- option ranges ------------------------------------------------------------------------------
@@ -75,7 +75,7 @@ def test_cli_rejects_nonsense_before_any_work(tmp_path, argv):
 
 # -- dtype --------------------------------------------------------------------------------------
 def test_dtype_names_map_to_torch_dtypes():
-    from ftcli.models import load_model
+    from ftcli.fetch.models import load_model
 
     model, _ = load_model("tiny-qwen3", dtype="bf16")  # was: Invalid device string: 'bf16'
     assert next(model.parameters()).dtype == torch.bfloat16
@@ -211,7 +211,7 @@ def test_eval_of_a_damaged_checkpoint_is_one_line(tmp_path, straight):
     assert res.exit_code == 1 and len(lines) == 1, res.output
     assert "step_000004 is damaged: model.safetensors: " in lines[0] and "truncated" in lines[0]
     # the DeepSpeed state is not needed to evaluate: damage there does not stop an eval
-    from ftcli.evaluate import checked_checkpoint
+    from ftcli.evaluation.benchmarks import checked_checkpoint
 
     _ds_state(run / "checkpoints" / "step_000002").unlink()
     assert checked_checkpoint(f"{run}:2").name == "step_000002"

@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
+from ftcli.fetch.models import load_model
 from ftcli.generation import generate, prompt_keys
 from ftcli.grpo import token_entropy, token_logprobs
-from ftcli.models import load_model
 from ftcli.sequences import collate, micro_batches, padded_slots
 from ftcli.train.config import resolve_config
 from ftcli.train.logprobs import ChunkedLogprobs, policy_logprobs

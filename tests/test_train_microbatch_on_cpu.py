@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from ftcli.models import load_model
+from ftcli.fetch.models import load_model
 from ftcli.sequences import TracedSeq, micro_batches, padded_slots
 from ftcli.train.config import resolve_config
 from ftcli.train.stats import CtrlC, Timer

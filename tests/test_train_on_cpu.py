@@ -79,7 +79,7 @@ def _weights(run, ckpt="final"):
 
 
 def _initial_weights():
-    from ftcli.models import load_model
+    from ftcli.fetch.models import load_model
 
     return {k: v.clone() for k, v in load_model("tiny-qwen3")[0].state_dict().items()}
 
@@ -126,9 +126,9 @@ def test_all_weights_one_is_plain_grpo(tmp_path):
 
 def test_flow_weights_equal_trace_flow_and_fused_equals_separate(tmp_path):
     from ftcli.attention import mean_attention
+    from ftcli.fetch.models import load_model
     from ftcli.flow import trace_flow
     from ftcli.generation import encode_prompt
-    from ftcli.models import load_model
     from ftcli.spans import find_question_span, span_to_token_mask
 
     fused = _run(tmp_path, "fused", credit="flow", steps=1)

@@ -9,7 +9,7 @@ from test_train_microbatch_on_cpu import _realistic_step, _seqs, _update
 
 from ftcli.attention import capture_attention, mean_attention
 from ftcli.credit import CreditInputs, CreditOptions, compute_credit, get_rule
-from ftcli.models import load_model
+from ftcli.fetch.models import load_model
 from ftcli.packing import pack_row, packed_attention, packed_micro_batches, packed_slots
 from ftcli.sequences import collate, micro_batches, padded_slots
 from ftcli.train.logprobs import policy_logprobs

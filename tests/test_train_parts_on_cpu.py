@@ -9,9 +9,9 @@ import torch
 
 from ftcli.credit import RULES, describe_rules, register_rule
 from ftcli.io import append_jsonl, read_jsonl
+from ftcli.rundir import RunDir
 from ftcli.seeds import derive_seed
 from ftcli.sequences import Prompt, TracedSeq, collate
-from ftcli.train.rundir import RunDir
 from ftcli.train.stats import StepStats
 
 

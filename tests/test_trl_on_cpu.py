@@ -17,7 +17,7 @@ import torch
 
 from ftcli.attention import layer_range, mean_attention
 from ftcli.credit import RULES, CreditInputs, CreditOptions, compute_credit
-from ftcli.models import char_tokenizer, tiny_causal_lm
+from ftcli.fetch.models import char_tokenizer, tiny_causal_lm
 
 HAVE_TRL = importlib.util.find_spec("trl") is not None
 needs_trl = pytest.mark.skipif(not HAVE_TRL, reason='TRL is not installed (pip install "ftcli[trl]")')

@@ -28,7 +28,7 @@ def policy():
     from ftcli.tasks.loading import task_data_options
 
     from ftcli import get_task
-    from ftcli.models import load_model, resolve_model
+    from ftcli.fetch.models import load_model, resolve_model
     from ftcli.vllm_engine import EngineOptions, VLLMEngine
 
     model, tok = load_model("default-policy")

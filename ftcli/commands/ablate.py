@@ -20,7 +20,6 @@ import typer
 from rich.console import Console
 
 from ftcli.commands.options import build, dataclass_params, param, split_list
-from ftcli.credit import WEIGHTINGS, describe_rules
 from ftcli.experiments.config import (
     INTERVENE_PROTOCOL,
     InterveneConfig,
@@ -28,6 +27,7 @@ from ftcli.experiments.config import (
     SweepConfig,
     TextConfig,
 )
+from ftcli.options import WEIGHTINGS, describe_rules
 from ftcli.train.config import TrainConfig
 
 EPILOG = """Examples:

@@ -81,7 +81,7 @@ def fetch_cmd(
 
       ft data fetch countdown --from http://10.0.0.5:8000/data
     """
-    from ftcli.datafetch import fetch, select
+    from ftcli.fetch.data import fetch, select
 
     sources = select(names or [], all_files=all_files)
     mirror = source or data_mirror()
@@ -150,7 +150,7 @@ def check(data_root: DataRootOption = None) -> None:
 
       ft data check --data-root /mnt/mirror/data
     """
-    from ftcli.datafetch import file_status, registry
+    from ftcli.fetch.data import file_status, registry
     from ftcli.tasks import list_tasks
 
     root = resolve_data_root(data_root)

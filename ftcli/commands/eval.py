@@ -9,16 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import torch
 import typer
 from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
 
 from ftcli.commands.data import DataRootOption
-from ftcli.models import torch_dtype
+from ftcli.evaluation.suites import list_suites, load_suite
+from ftcli.fetch.models import torch_dtype
 from ftcli.progress import progress_bar
-from ftcli.suites import list_suites, load_suite
 
 EPILOG = """Examples:
 
@@ -83,11 +82,16 @@ def run(
     Benchmark files come from --data-root, else $FT_DATA, else the data cache (a missing file
     is fetched on first use unless FT_NO_DOWNLOAD=1; `ft data fetch`); results.json records
     each benchmark's files and their sha256."""
-    from ftcli.evaluate import evaluate, results_table  # imported here: `ft --help` stays fast
+    from ftcli.evaluation.benchmarks import (  # imported here: `ft --help` stays fast
+        evaluate,
+        results_table,
+    )
 
     load_suite(suite)  # fail fast on an unknown suite (lists the known ones)
     torch_dtype(dtype)  # and on an unknown --dtype (one line listing the choices)
     if device is None:
+        import torch  # the command runs: not for `ft eval --help`
+
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if dtype is None and device.startswith("cuda"):
         dtype = "bf16"
@@ -108,7 +112,7 @@ def compare(
     b: str = typer.Argument(..., help="The other one; Δ = B - A."),
 ):
     """Print two runs' eval results side by side with deltas (common benchmarks)."""
-    from ftcli.evaluate import (  # imported here: `ft --help` stays fast
+    from ftcli.evaluation.benchmarks import (  # imported here: `ft --help` stays fast
         collect_results,
         results_table,
     )
@@ -123,7 +127,7 @@ def compare(
 @eval_app.command("list")
 def list_cmd():
     """List the suites (benchmarks with their protocol, then groups)."""
-    from ftcli.evaluate import protocol_str  # imported here: `ft --help` stays fast
+    from ftcli.evaluation.benchmarks import protocol_str  # imported here: `ft --help` stays fast
 
     t = Table(title="eval suites")
     t.add_column("suite")

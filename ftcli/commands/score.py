@@ -9,9 +9,9 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from ftcli.attention import LAYERS_HELP
+from ftcli.fetch.models import DEFAULT_MODEL, load_model
 from ftcli.io import atomic_write_text
-from ftcli.models import DEFAULT_MODEL, load_model
+from ftcli.options import LAYERS_HELP
 from ftcli.progress import progress_bar
 
 EPILOG = """Examples:
@@ -91,8 +91,11 @@ def score(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-token view in the terminal."),
 ):
     """Compute FlowTracer token credit for responses and show it token by token."""
-    from ftcli.render import render_html, render_terminal  # imported here: `ft --help` stays fast
-    from ftcli.scoring import score_pairs
+    from ftcli.score.pairs import score_pairs
+    from ftcli.score.render import (  # imported here: `ft --help` stays fast
+        render_html,
+        render_terminal,
+    )
 
     if input is not None:
         if prompt is not None or response is not None:

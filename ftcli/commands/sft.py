@@ -7,14 +7,13 @@ import math
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import torch
 import typer
 from rich.console import Console
 
 from ftcli.commands.data import DataRootOption
 from ftcli.policy import DEFAULT_RECIPE as R
 from ftcli.policy import MODEL_SIZES
-from ftcli.tracking import create_tracker, report_to_callback
+from ftcli.train.tracking import create_tracker, report_to_callback
 
 EPILOG = """Examples:
 
@@ -67,6 +66,8 @@ def sft(
         raise typer.BadParameter("torch | deepspeed", param_hint="--engine")
     if out.exists() and any(out.iterdir()) and not force:
         raise typer.BadParameter(f"{out} is not empty (pass --force to replace it)", param_hint="--out")
+    import torch  # the command runs: not for `ft sft --help`
+
     torch.set_num_threads(threads)
     try:
         temps = tuple(float(t) for t in eval_temperatures.split(",") if t.strip())

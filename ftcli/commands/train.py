@@ -17,10 +17,9 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from ftcli.credit import describe_rules
-from ftcli.options import describe_limits
+from ftcli.options import describe_limits, describe_rules
+from ftcli.rundir import RunDir
 from ftcli.train.config import PRESETS, TrainConfig, resolve_config
-from ftcli.train.rundir import RunDir
 
 EPILOG = """Examples:
 
@@ -42,9 +41,9 @@ EPILOG = """Examples:
 
 Multi-process (one process per GPU, or 2 CPU processes):
 
-  deepspeed --num_gpus 2 --module ftcli.train_entry --zero-stage 2 --out runs/x ...
+  deepspeed --num_gpus 2 --module ftcli.train --zero-stage 2 --out runs/x ...
 
-  torchrun --nproc_per_node 2 -m ftcli.train_entry --zero-stage 2 --out runs/x ...
+  torchrun --nproc_per_node 2 -m ftcli.train --zero-stage 2 --out runs/x ...
 """
 
 # options that may change when a run is resumed (everything else must match the saved config)
@@ -147,7 +146,7 @@ def _train_command(**kw):
 
 def _dry_run(cfg, dry: dict) -> None:
     """`ft train --dry-run`: the per-GPU memory plan of the run (`ftcli.train.memory`)."""
-    from ftcli.models import model_config
+    from ftcli.fetch.models import model_config
     from ftcli.train.memory import model_shape, plan_memory, render_plan
 
     world = dry["gpus"] or int(os.environ.get("WORLD_SIZE", "1"))

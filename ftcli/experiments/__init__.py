@@ -6,5 +6,5 @@
 - `variants`, `sweep`  Tables 2-5, 7, Figs. 4-6: training sweeps (train, evaluate, aggregate).
 - `stats`, `common`, `config`  statistics, shared helpers, every experiment's settings.
 
-Every experiment writes JSON (and CSV) under its `out` folder, plus PNGs (`ftcli.plots`).
+Every experiment writes JSON (and CSV) under its `out` folder, plus PNGs (`ftcli.experiments.plots`).
 """

@@ -14,9 +14,9 @@ import torch
 
 from ftcli import get_task
 from ftcli.attention import mean_attention
+from ftcli.fetch.models import load_model
 from ftcli.flow import trace_flow
 from ftcli.io import atomic_write_json, atomic_write_text
-from ftcli.models import load_model
 from ftcli.progress import progress_bar
 from ftcli.sequences import TracedSeq, collate
 from ftcli.tasks.loading import task_data_options

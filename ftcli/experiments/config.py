@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ftcli.attention import LAYERS_HELP
-from ftcli.models import DEFAULT_MODEL, DEFAULT_POLICY
-from ftcli.options import option
+from ftcli.fetch.models import DEFAULT_MODEL, DEFAULT_POLICY
+from ftcli.options import LAYERS_HELP, option
 
 _M = ("-m",)
 

@@ -12,7 +12,8 @@ import torch
 from rich.table import Table
 from transformers import GenerationConfig
 
-from ftcli.evaluation import grade
+from ftcli.evaluation.sampling import grade
+from ftcli.experiments.blocking import block_keys
 from ftcli.experiments.common import (
     decode,
     fmt_rate_ci,
@@ -24,12 +25,11 @@ from ftcli.experiments.common import (
 )
 from ftcli.experiments.common import progress as progress_of
 from ftcli.experiments.config import INTERVENE_PROTOCOL, InterveneConfig
+from ftcli.experiments.plots import intervention_bars
 from ftcli.experiments.stats import proportion, same_answer, select_positions
 from ftcli.flow import num_selected
 from ftcli.generation import generate, stop_token_ids
-from ftcli.intervention import block_keys
 from ftcli.io import append_jsonl, atomic_write_json, read_jsonl
-from ftcli.plots import intervention_bars
 from ftcli.progress import stderr_console
 from ftcli.seeds import derive_seed
 from ftcli.sequences import Prompt, task_prompt

@@ -11,8 +11,8 @@ from statistics import NormalDist
 
 import torch
 
+from ftcli.evaluation.metrics import normalize_answer
 from ftcli.flow import num_selected, select_tokens
-from ftcli.metrics import normalize_answer
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?|-?\.\d+")
@@ -88,7 +88,7 @@ def average_ranks(x: torch.Tensor) -> torch.Tensor:
 
 def same_answer(a: str | None, b: str | None) -> bool:
     """Do two extracted answers agree? Exact numbers when both parse as one (commas, `$` and
-    spaces ignored), else the strings after `ftcli.metrics.normalize_answer`."""
+    spaces ignored), else the strings after `ftcli.evaluation.metrics.normalize_answer`."""
     na, nb = normalize_answer(a), normalize_answer(b)
     if na is None or nb is None:
         return na == nb

@@ -1,6 +1,6 @@
 """Training sweeps (Tables 2-5, 7; Figs. 4-6): every variant x seed is trained by
 `ftcli.train.loop.train` with otherwise identical options, then its final checkpoint is
-evaluated by `ftcli.evaluate.evaluate`; finished runs and evaluations are reused on a rerun.
+evaluated by `ftcli.evaluation.benchmarks.evaluate`; finished runs and evaluations are reused on a rerun.
 Runs train seed by seed; after each finished run, results.json and results.csv hold the table so
 far (marked partial); at the end they hold all of it, with curves.png and bars.png, under the
 sweep's `out`."""
@@ -21,9 +21,10 @@ import torch
 from rich.table import Table
 
 from ftcli.credit import RENAMED_RULES, get_rule
-from ftcli.evaluate import evaluate, protocol_str
+from ftcli.evaluation.benchmarks import evaluate, protocol_str
 from ftcli.experiments.common import fmt_num, fmt_pct, fmt_pm_pct, guard_settings, write_csv
 from ftcli.experiments.config import SweepConfig
+from ftcli.experiments.plots import training_curves, variant_bars
 from ftcli.experiments.stats import (
     mean_std,
     mean_std_dict,
@@ -32,11 +33,10 @@ from ftcli.experiments.stats import (
 )
 from ftcli.experiments.variants import Variant, dedupe
 from ftcli.io import atomic_write_json
-from ftcli.plots import training_curves, variant_bars
 from ftcli.progress import progress_bar, stderr_console
+from ftcli.rundir import NOT_RUN_OPTIONS, RunDir
 from ftcli.train.config import resolve_config
 from ftcli.train.loop import train
-from ftcli.train.rundir import NOT_RUN_OPTIONS, RunDir
 
 
 def _train_summary(run_dir: Path, last: int = 3) -> dict:

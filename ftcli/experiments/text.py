@@ -17,7 +17,7 @@ import torch
 from rich.table import Table
 
 from ftcli.credit import TOKEN_CLASSES, token_class
-from ftcli.evaluation import sample_task
+from ftcli.evaluation.sampling import sample_task
 from ftcli.experiments.common import (
     decode,
     fmt_num,
@@ -31,9 +31,9 @@ from ftcli.experiments.common import (
 )
 from ftcli.experiments.common import progress as progress_of
 from ftcli.experiments.config import TextConfig
+from ftcli.experiments.plots import overlap_heatmap, ranked_tokens
 from ftcli.experiments.stats import NUMBER, mean_std, proportion, select_positions, spearman
 from ftcli.io import atomic_write_json, atomic_write_text
-from ftcli.plots import overlap_heatmap, ranked_tokens
 from ftcli.progress import stderr_console
 from ftcli.seeds import derive_seed
 from ftcli.sequences import task_prompt

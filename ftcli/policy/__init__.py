@@ -38,7 +38,7 @@ Three pieces, all deterministic for a given seed:
    special, so decoding with `skip_special_tokens=True` keeps them (the verifier needs them).
 
 3. `Qwen3ForCausalLM` from scratch (`model.new_policy_model`, sizes in `MODEL_SIZES`), trained by
-   `ftcli.sft.sft_train` with the loss on response tokens only (`recipe.build_policy`).
+   `ftcli.policy.sft.sft_train` with the loss on response tokens only (`recipe.build_policy`).
 """
 
 from __future__ import annotations

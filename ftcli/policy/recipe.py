@@ -18,9 +18,9 @@ import transformers
 from ftcli import get_task
 from ftcli.generation import render_prompt
 from ftcli.policy import DEFAULT_RECIPE, IM_END, PolicyError, PolicyRecipe
-from ftcli.policy.model import new_policy_model, round_to_fp16, save_policy, train_tokenizer
+from ftcli.policy.build import new_policy_model, round_to_fp16, save_policy, train_tokenizer
+from ftcli.policy.sft import SFTConfig, evaluate_task, sft_train
 from ftcli.policy.traces import SFTExample, TraceOptions, countdown_examples, numbers_and_target
-from ftcli.sft import SFTConfig, evaluate_task, sft_train
 from ftcli.tasks.countdown import make_sample
 from ftcli.tasks.loading import GENERATED_TASKS, describe_data, task_data_options
 
@@ -48,7 +48,7 @@ def build_policy(
 ) -> dict:
     """Traces -> tokenizer -> Qwen3 from scratch -> SFT -> evaluation -> checkpoint in `out_dir`
     (with `RECIPE.md` and `sft_report.json`). Returns the report. `on_log` gets each SFT loss
-    row (`sft_train`'s) and then one row of the evaluation accuracies (`ftcli.tracking`)."""
+    row (`sft_train`'s) and then one row of the evaluation accuracies (`ftcli.train.tracking`)."""
     r = recipe or PolicyRecipe()
     say = log or (lambda m: None)
     t_start = time.time()

@@ -8,8 +8,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 
+from ftcli.fetch.models import CHAT_TEMPLATE
 from ftcli.generation import render_prompt
-from ftcli.models import CHAT_TEMPLATE
 from ftcli.policy import IM_END, IM_START, PolicyError
 from ftcli.tasks.countdown import ExpressionError, parse_expression, solve
 

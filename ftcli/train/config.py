@@ -5,20 +5,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from ftcli import grpo
-from ftcli.attention import LAYERS_HELP
-from ftcli.credit import (
+from ftcli.fetch.models import DEFAULT_POLICY
+from ftcli.options import (
+    AGG_MODES,
     CREDIT_TOKENS,
+    LAYERS_HELP,
+    MICRO_ORDERS,
     SELECT_MODES,
     WEIGHTINGS,
-    CreditOptions,
+    check_limits,
     describe_rules,
-    get_rule,
+    option,
 )
-from ftcli.models import DEFAULT_POLICY
-from ftcli.options import check_limits, option
-from ftcli.sequences import MICRO_ORDERS
-from ftcli.tracking import REPORT_TO_HELP, parse_report_to
+from ftcli.train.tracking import REPORT_TO_HELP, parse_report_to
 
 CREDIT_PASSES = ("fused", "separate")
 DATA_SOURCES = ("generated", "files")
@@ -75,7 +74,7 @@ class TrainConfig:
     weight_decay: float = _opt(0.01, "AdamW weight decay.", "Objective", min=0)
     eps_low: float = _opt(0.2, "Clip range below 1 for the ratio.", "Objective", min=0, lt=1)
     eps_high: float = _opt(0.2, "Clip range above 1 for the ratio.", "Objective", min=0)
-    loss_agg: str = _opt("token-mean", "Loss aggregation.", "Objective", choices=grpo.AGG_MODES)
+    loss_agg: str = _opt("token-mean", "Loss aggregation.", "Objective", choices=AGG_MODES)
     norm_adv_std: bool = _opt(True, "Divide group-centred rewards by the group std (off: Dr. GRPO).", "Objective")
     kl_coef: float = _opt(0.0, "KL(pi || pi_ref) coefficient, k3 estimator (0 = no reference model).", "Objective", min=0)
     entropy_coef: float = _opt(0.0, "Entropy bonus coefficient (0 = none).", "Objective", min=0)
@@ -123,12 +122,14 @@ class TrainConfig:
     def validate(self) -> None:
         """Every option's range (the `min` / `max` / `gt` / `lt` of its field; floats finite),
         then the choices; one-line ValueErrors naming the option."""
+        from ftcli.credit import CreditOptions, get_rule  # torch: not for building the CLI
+
         check_limits(self)
         get_rule(self.credit)
         parse_report_to(self.report_to)
         CreditOptions(**self.credit_options_kwargs())
-        if self.loss_agg not in grpo.AGG_MODES:
-            raise ValueError(f"--loss-agg must be one of {', '.join(grpo.AGG_MODES)}")
+        if self.loss_agg not in AGG_MODES:
+            raise ValueError(f"--loss-agg must be one of {', '.join(AGG_MODES)}")
         if self.credit_tokens not in CREDIT_TOKENS:
             raise ValueError(f"--credit-tokens must be one of {', '.join(CREDIT_TOKENS)}")
         if self.data_source not in DATA_SOURCES:

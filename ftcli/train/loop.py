@@ -9,7 +9,7 @@ One step (= one optimizer step per mini-batch, one mini-batch by default):
        -> credit weights (ftcli.credit) -> weighted clipped surrogate + optional KL
        -> aggregate by the step's GLOBAL token/sequence count -> engine.backward / engine.step
 
-The run directory is `ftcli.train.rundir.RunDir`. `resume=True` continues from the newest
+The run directory is `ftcli.rundir.RunDir`. `resume=True` continues from the newest
 complete checkpoint; on CPU the metrics (timings aside) equal those of an uninterrupted run
 because every random draw is derived from (seed, step, sequence) (`ftcli.seeds.derive_seed`)
 and DeepSpeed restores fp32 weights and optimizer state exactly.
@@ -31,16 +31,22 @@ import torch.distributed as dist
 
 from ftcli import get_task, grpo
 from ftcli.credit import get_rule
-from ftcli.evaluation import accuracy
+from ftcli.evaluation.sampling import accuracy
+from ftcli.fetch.models import load_model, resolve_model
 from ftcli.generation import generate, prompt_keys
-from ftcli.modelcard import command_line, write_model_card
-from ftcli.models import load_model, resolve_model
 from ftcli.progress import progress_bar, stderr_console
+from ftcli.rundir import (
+    RunDir,
+    checkpoint_damage,
+    quiet_hf_progress,
+    read_manifest,
+    step_dir_name,
+    write_manifest,
+)
 from ftcli.seeds import derive_seed
 from ftcli.sequences import TracedSeq, question_mask, task_prompt_text
 from ftcli.spans import span_to_token_mask
 from ftcli.tasks.loading import GENERATED_TASKS, describe_data, task_data_options
-from ftcli.tracking import Tracker, create_tracker
 from ftcli.train.config import TrainConfig
 from ftcli.train.engine import (
     build_ds_config,
@@ -51,15 +57,9 @@ from ftcli.train.engine import (
     zero3_partitioned_loading,
 )
 from ftcli.train.memory import auto_gen_batch_size
-from ftcli.train.rundir import (
-    RunDir,
-    checkpoint_damage,
-    quiet_hf_progress,
-    read_manifest,
-    step_dir_name,
-    write_manifest,
-)
+from ftcli.train.modelcard import command_line, write_model_card
 from ftcli.train.stats import CtrlC, Timer
+from ftcli.train.tracking import Tracker, create_tracker
 from ftcli.train.update import NonFiniteError, PolicyUpdate
 from ftcli.vllm_engine import require_vllm, stream_parameters
 
@@ -233,8 +233,8 @@ class Trainer:
     def _build_rollout_engine(self) -> None:
         """This rank's vLLM engine, built once from the policy's folder (or reused in this
         process), then given the trainer's current weights (a resumed run's checkpoint)."""
+        from ftcli.fetch.models import TINY
         from ftcli.generation import VLLMBackend
-        from ftcli.models import TINY
         from ftcli.vllm_engine import EngineOptions, VLLMEngine
 
         cfg = self.cfg
@@ -422,7 +422,7 @@ class Trainer:
 
     def _newest_intact_checkpoint(self) -> tuple[int, Path, dict] | None:
         """(step, folder, trainer state) of the newest checkpoint whose files match its
-        manifest (`ftcli.train.rundir.checkpoint_damage`); each newer damaged one is named
+        manifest (`ftcli.rundir.checkpoint_damage`); each newer damaged one is named
         and set aside as `step_XXXXXX.damaged`. None when no checkpoint is intact."""
         damaged, found = [], None
         for step, d in reversed(self.rundir.step_checkpoints(complete=None).items()):
@@ -551,7 +551,7 @@ class Trainer:
         return self.run_dir
 
     def _write_model_card(self, row: dict) -> None:
-        """checkpoints/final/README.md: the hub model card of the final checkpoint (ftcli.modelcard)."""
+        """checkpoints/final/README.md: the hub model card of the final checkpoint (ftcli.train.modelcard)."""
         best = {"best_val_accuracy": self.best_val[0], "best_val_step": self.best_val[1]} if self.best_val else {}
         config = json.loads(self.rundir.config_file.read_text(encoding="utf-8"))
         write_model_card(self.rundir.final, config, {**row, **best}, command_line())

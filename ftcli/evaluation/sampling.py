@@ -1,7 +1,7 @@
 """The one evaluation loop: sample responses to a task's prompts and grade them.
 
-Used by `ft eval` (`ftcli.evaluate.run_benchmark`, chunked and resumable), the trainer's
-validation, `ft sft`'s accuracy (`ftcli.sft.evaluate_task`) and the experiments. The prompt is
+Used by `ft eval` (`ftcli.evaluation.benchmarks.run_benchmark`, chunked and resumable), the trainer's
+validation, `ft sft`'s accuracy (`ftcli.policy.sft.evaluate_task`) and the experiments. The prompt is
 the task's own (`ftcli.sequences.task_prompt_text`); responses come from
 `ftcli.generation.generate` or a backend with the same signature (`ftcli.generation.get_backend`).
 """

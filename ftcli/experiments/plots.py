@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ftcli.io import read_jsonl
-from ftcli.train.rundir import RunDir
+from ftcli.rundir import RunDir
 
 
 def _figure(w: float, h: float):

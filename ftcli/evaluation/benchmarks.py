@@ -1,5 +1,5 @@
 """`ft eval` as a library: checkpoints, resumable sampling, grading, results, tables (the
-suites, files in `evals/`, are `ftcli.suites`).
+suites, files in `evals/`, are `ftcli.evaluation.suites`).
 
 Outputs (`out/` = `--out`, default `<run>/eval/<suite>`, or `<run>/eval/<tag>/<suite>` for
 `:best` / `:step_N`, or `runs/eval/<model>/<suite>` for a plain model):
@@ -27,20 +27,20 @@ from rich.table import Table
 from rich.text import Text
 
 from ftcli import get_task
-from ftcli.evaluation import sample_task
-from ftcli.generation import get_backend
-from ftcli.io import atomic_write_json, atomic_write_text, read_jsonl
-from ftcli.metrics import (
+from ftcli.evaluation.metrics import (
     compute_metric,
     disagreement_rate,
     metric_stderr,
     sampling_stderr,
     standard_metrics,
 )
-from ftcli.models import DEFAULT_MODEL, load_model, load_tokenizer, resolve_model, torch_dtype
-from ftcli.suites import Benchmark, EvalError, apply_overrides, load_suite
+from ftcli.evaluation.sampling import sample_task
+from ftcli.evaluation.suites import Benchmark, EvalError, apply_overrides, load_suite
+from ftcli.fetch.models import DEFAULT_MODEL, load_model, load_tokenizer, resolve_model, torch_dtype
+from ftcli.generation import get_backend
+from ftcli.io import atomic_write_json, atomic_write_text, read_jsonl
+from ftcli.rundir import STEP_DIR, RunDir, checkpoint_damage, is_model_dir, is_training_state
 from ftcli.tasks.loading import describe_data, task_data_options
-from ftcli.train.rundir import STEP_DIR, RunDir, checkpoint_damage, is_model_dir, is_training_state
 
 RESULTS_SCHEMA = 1
 # protocol keys that change the samples; resuming with any of them different is refused

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import ftcli.evals
-from ftcli.metrics import parse_metric
+from ftcli.evaluation.metrics import parse_metric
 
 try:  # Python 3.11+
     import tomllib

@@ -8,8 +8,8 @@
                        and manifest.json (sha256 and size of every other file, written
                        last; a checkpoint whose files differ from it is damaged)
     checkpoints/final/ HF weights + tokenizer + trainer_state.json of the last step, and
-                       README.md, its hub model card (ftcli.modelcard)
-    tb/, wandb/        with --report-to: TensorBoard event files, the W&B run (ftcli.tracking)
+                       README.md, its hub model card (ftcli.train.modelcard)
+    tb/, wandb/        with --report-to: TensorBoard event files, the W&B run (ftcli.train.tracking)
 
 Every file is written atomically (temp + rename; jsonl rows are appended whole and fsynced).
 `RunDir` is what every module that touches a run uses: the trainer (save, resume, prune),

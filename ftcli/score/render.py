@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ftcli.scoring import ScoredPair
+from ftcli.score.pairs import ScoredPair
 
 
 def _heat(x: float) -> tuple[int, int, int]:

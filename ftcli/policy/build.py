@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
-from ftcli.models import CHAT_TEMPLATE
+from ftcli.fetch.models import CHAT_TEMPLATE
 from ftcli.policy import IM_END, IM_START, MODEL_SIZES, PAD, SPECIAL_TOKENS, TAG_TOKENS, PolicyError
 
 # ---------------------------------------------------------------------------------------------

@@ -22,12 +22,12 @@ from pathlib import Path
 import yaml  # PyYAML, a dependency of transformers
 
 from ftcli.credit import RULES
-from ftcli.datafetch import registry
+from ftcli.fetch.data import registry
+from ftcli.fetch.models import ALIASES
 from ftcli.io import atomic_write_text
-from ftcli.models import ALIASES
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
-# The hub model behind each ftcli alias (the keys are `ftcli.models.ALIASES` values) and its
+# The hub model behind each ftcli alias (the keys are `ftcli.fetch.models.ALIASES` values) and its
 # licence; `default-policy` is ftcli's own model, trained from scratch (Apache-2.0).
 ALIAS_HUB = {
     "smollm2-135m-instruct": ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0"),
@@ -91,14 +91,15 @@ def task_datasets(task: str) -> list[str]:
 
 def command_line(argv: Sequence[str] | None = None) -> str:
     """The command that is running, for the card: `ft ...` for the console script, `python -m
-    ftcli.train_entry ...` under a launcher (its --local_rank argument dropped)."""
+    ftcli.train ...` under a launcher (its --local_rank argument dropped)."""
     argv = list(sys.argv if argv is None else argv)
     if not argv:
         return ""
-    prog, args = Path(argv[0]).name, argv[1:]
-    if prog == "train_entry.py":
+    path, args = Path(argv[0]), argv[1:]
+    prog = path.name
+    if prog == "train_entry.py" or (prog == "__main__.py" and path.parent.name == "train"):
         args = [a for a in args if not re.match(r"^--local[_-]rank(=|$)", a)]
-        return shlex.join(["python", "-m", "ftcli.train_entry", *args])
+        return shlex.join(["python", "-m", "ftcli.train", *args])
     return shlex.join(["ft" if prog == "ft" else prog, *args])
 
 

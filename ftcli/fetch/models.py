@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from ftcli.fetch import gguf as model_fetch
+from ftcli.fetch.gguf import ModelError
 
-from ftcli import model_fetch
-from ftcli.model_fetch import ModelError
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_MODEL = "smollm2-135m"  # language model of the analyses (score, eval, ablate format/tokens/intervene)
 DEFAULT_POLICY = "default-policy"  # the policy `ft train` (and every training sweep) starts from
@@ -38,7 +40,7 @@ ALIASES = {
     "qwen2.5-coder-0.5b-instruct": "qwen2.5-coder-0.5b-instruct",
 }
 # The shipped small Qwen3 Countdown policy (ftcli/policy/ builds it; RECIPE.md inside).
-DEFAULT_POLICY_DIR = Path(__file__).resolve().parent / "assets" / "default-policy"
+DEFAULT_POLICY_DIR = Path(__file__).resolve().parent.parent / "assets" / "default-policy"
 TINY = ("tiny-qwen3", "tiny-llama")
 
 CHAT_TEMPLATE = (
@@ -87,6 +89,7 @@ def tiny_causal_lm(
     attn_implementation: str = "sdpa",
 ):
     """A seeded random causal LM (`qwen3` or `llama`) with grouped-query attention."""
+    import torch
     from transformers import (  # `ft --help` stays fast
         LlamaConfig,
         LlamaForCausalLM,
@@ -180,19 +183,22 @@ def load_tokenizer(name: str | None = None):
     return tok
 
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
-          "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# `--dtype` name -> torch attribute (torch is imported where a dtype is needed, not for `ft --help`)
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16",
+          "float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 
 def torch_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     """A `--dtype` name (fp32, bf16, fp16 or the torch name) -> the torch dtype (None stays
     None). Unknown names are one line listing the choices (a name never reaches
     `model.to(...)`, which would take it for a device)."""
+    import torch
+
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in DTYPES:
         raise ModelError(f"--dtype must be one of fp32, bf16, fp16 (got {dtype!r})")
-    return DTYPES[dtype]
+    return getattr(torch, DTYPES[dtype])
 
 
 def load_model(
@@ -212,6 +218,7 @@ def load_model(
             attn_implementation=attn_implementation,
         )
     else:
+        import torch
         from transformers import AutoModelForCausalLM  # imported here: `ft --help` stays fast
 
         try:

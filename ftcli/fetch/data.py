@@ -1,6 +1,6 @@
 """Benchmark files: the registry (`tasks/sources.toml`) and fetching into the data cache.
 
-    from ftcli.datafetch import registry, select, fetch, file_status
+    from ftcli.fetch.data import registry, select, fetch, file_status
     fetch(select(["aime24"]))                      # upstream URLs, pinned at a commit
     fetch(select([], all_files=True), mirror="/mnt/mirror/data")    # an offline mirror
     fetch(select(["gsm8k"]), mirror="http://10.0.0.5:8000/data")    # a mirror over http

@@ -1,6 +1,6 @@
 """Supervised fine-tuning (warm start): next-token loss on response tokens only.
 
-    from ftcli.sft import SFTConfig, sft_train
+    from ftcli.policy.sft import SFTConfig, sft_train
     result = sft_train(model, tokenizer, examples, SFTConfig(steps=800, batch_size=32, seed=0))
 
 An example is a rendered prompt (chat template + assistant prefix, exactly what rollouts
@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from ftcli.evaluation import sample_task
+from ftcli.evaluation.sampling import sample_task
 from ftcli.generation import encode_prompt
 from ftcli.progress import progress_bar
 from ftcli.train.engine import ds_config, import_deepspeed
