@@ -76,7 +76,7 @@ test-vllm:
     export VLLM_ENABLE_V1_MULTIPROCESSING=0 TORCH_EXTENSIONS_DIR="{{vllm_venv}}/torch_extensions"
     # this checkout's package into that venv (CI tests a fresh clone elsewhere)
     "{{vllm_venv}}/bin/python" -m pip install -q --no-deps -e .
-    "{{vllm_venv}}/bin/python" -m pytest -q -m vllm tests/test_vllm_on_cpu.py
+    "{{vllm_venv}}/bin/python" -m pytest -q -m vllm tests/test_vllm_engine.py
 
 # Benchmarks (never part of the tests). Results go to bench/results/*.json. About 40 minutes on
 # one core (bench_step.py about 30, SmolLM2 at 1K and 2K most of it); its --full adds 4K tokens (another hour).

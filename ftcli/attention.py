@@ -1,4 +1,4 @@
-"""The influence matrix W of FlowTracer (paper Eq. 1; SPEC.md "The influence matrix W").
+"""The influence matrix W of FlowTracer (paper Eq. 1; docs/flow.md "The influence matrix W").
 
     W[b, i, k] = 1/(|L'| H) * sum_{l in L'} sum_{h < H} softmax_i(q_{l,h,k} . k_{l,h,i} * s + mask)
                  for i < k (key i, query k), 0 on and below the diagonal and at padding,

@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
 
 def _flag(name: str) -> bool:
     return os.environ.get(name, "") not in ("", "0", "false", "False")

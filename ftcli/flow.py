@@ -253,7 +253,7 @@ def trace_flow(
     gamma: float = 1.5,
     overwrite: bool = False,
 ) -> FlowResult:
-    """FlowTracer credit for a batch (SPEC.md; paper Eq. 2-4 and 6).
+    """FlowTracer credit for a batch (docs/flow.md; paper Eq. 2-4 and 6).
 
     Args:
         W: `[B, T, T]` mean attention, W[b, i, k] = attention of query k to key i (i < k);

@@ -125,10 +125,6 @@ class Rollout:
     # sampled from); None from the HF loop, whose sampler is the trainer's own model
     logprobs: list[float] | None = None
 
-    @property
-    def truncated(self) -> bool:
-        return not self.finished
-
     @classmethod
     def from_ids(cls, tokenizer, prompt_text: str, prompt_ids: Sequence[int], response_ids: Sequence[int],
                  stops: Sequence[int], logprobs: Sequence[float] | None = None) -> Rollout:

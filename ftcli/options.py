@@ -51,13 +51,14 @@ def describe_rules(summaries: bool = False) -> str:
 
 def option(default, help: str, panel: str | None = None, cli: bool = True, choices=None, *,
            flags: tuple[str, ...] = (), min=None, max=None, gt=None, lt=None, why: str | None = None,
-           default_factory=None):
+           default_factory=None, toggle: bool = True):
     """A dataclass field with CLI metadata: `help`, `panel` (rich help panel), `cli` (False:
-    not an option), `choices`, extra `flags` (e.g. ("-m",)), numeric limits `min` / `max`
-    (inclusive) and `gt` / `lt` (exclusive), and `why` (said when a value is out of range).
-    `check_limits` enforces the limits; a float must also be finite."""
+    not an option), `choices` (the allowed values), extra `flags` (e.g. ("-m",)), numeric
+    limits `min` / `max` (inclusive) and `gt` / `lt` (exclusive), `why` (said when a value is
+    out of range), and for a bool `toggle` (True: `--x/--no-x`; False: a plain `--x` flag).
+    `check_limits` enforces the limits and the choices; a float must also be finite."""
     meta = {"help": help, "panel": panel, "cli": cli, "choices": choices, "flags": flags, "min": min, "max": max,
-            "gt": gt, "lt": lt, "why": why}
+            "gt": gt, "lt": lt, "why": why, "toggle": toggle}
     if default_factory is not None:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -72,12 +73,21 @@ def describe_limits(meta) -> str:
     return " and ".join(x for x in (lo, hi) if x) or "finite"
 
 
+def option_flag(name: str) -> str:
+    """A field's option: `group_size` -> `--group-size`; a trailing underscore (a field named
+    after a Python word, `set_`, `range_`) is dropped."""
+    return "--" + name.rstrip("_").replace("_", "-")
+
+
 def check_limits(obj) -> None:
-    """Check every numeric field of dataclass `obj` against its `option` limits (None = not
-    set, always allowed; a float must be finite). Raises ValueError, one line naming the
-    option (`--group-size must be >= 2 (got 1): ...`)."""
+    """Check every field of dataclass `obj` against its `option` choices (None = not set,
+    always allowed) and numeric limits (a float must be finite). Raises ValueError, one line
+    naming the option (`--group-size must be >= 2 (got 1): ...`, `--select must be one of
+    top, bottom (got 'middle')`)."""
     for f in fields(obj):
         v, meta = getattr(obj, f.name), f.metadata
+        if v is not None and meta.get("choices") and v not in meta["choices"]:
+            raise ValueError(f"{option_flag(f.name)} must be one of {', '.join(map(str, meta['choices']))} (got {v!r})")
         if v is None or isinstance(v, bool) or not isinstance(v, (int, float)):
             continue
         ok = not isinstance(v, float) or math.isfinite(v)
@@ -88,4 +98,4 @@ def check_limits(obj) -> None:
             if isinstance(v, float) and rng != "finite":
                 rng += ", finite"
             why = f": {meta['why']}" if meta.get("why") else ""
-            raise ValueError(f"--{f.name.replace('_', '-')} must be {rng} (got {v}){why}")
+            raise ValueError(f"{option_flag(f.name)} must be {rng} (got {v}){why}")

@@ -6,10 +6,10 @@
     messages = task.prompt(samples[0])          # chat messages; the question appears verbatim
     text = render(messages) + task.assistant_prefix(samples[0])
     task.answer_span(response)                  # (start, end) of the final answer, or None
-    task.verify(response, samples[0])           # bool
-    task.reward(response, samples[0])           # float
-    task.grade(response, samples[0])            # {"extracted", "correct", ...}; math adds
-                                                # "math_verify" and "sympy" verdicts
+    task.grade(response, samples[0])            # the one grading call: {"extracted", "correct",
+                                                # "reward", ...}; math adds "math_verify" and "sympy"
+    task.verify(response, samples[0])           # bool: grade(...)["correct"]
+    task.reward(response, samples[0])           # float: grade(...)["reward"]
 
 Built-in names: `math` (training), `math500`, `aime24`, `aime25`, `amc23`, `olympiadbench`,
 `minerva`, `gsm8k`, `countdown`, `crossthinkqa`. Other packages add tasks through the entry

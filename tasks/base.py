@@ -41,13 +41,15 @@ class Task(Protocol):
         """Character span `(start, end)` of the final answer inside `response`, or None."""
 
     def verify(self, response: str, sample: Sample) -> bool:
-        """Is the response's final answer correct?"""
+        """Is the response's final answer correct? (`grade(...)["correct"]`)"""
 
     def reward(self, response: str, sample: Sample) -> float:
-        """Scalar RL reward for the response."""
+        """Scalar RL reward for the response. (`grade(...)["reward"]`)"""
 
     def grade(self, response: str, sample: Sample) -> dict[str, Any]:
-        """Verdict details: at least `extracted` (answer text or None) and `correct`."""
+        """The one grading call (the trainer, `ft eval` and the experiments make one per
+        response): at least `extracted` (answer text or None), `correct` (what `verify`
+        says) and `reward` (what `reward` says), plus any grader details."""
 
 
 # ---------------------------------------------------------------------------------------------

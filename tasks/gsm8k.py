@@ -204,12 +204,14 @@ class GSM8KTask:
         return final_answer_span(response)
 
     def grade(self, response: str, sample: Sample) -> dict[str, Any]:
-        """`{extracted, correct}`: the extracted span is one number equal to the gold."""
+        """`{extracted, correct, reward}`: the extracted span is one number equal to the gold
+        (reward 1.0 when correct, else 0.0)."""
         span = self.answer_span(response)
         extracted = response[span[0] : span[1]] if span else None
         value = to_number(extracted) if extracted else None
         gold = to_number(sample["answer"])
-        return {"extracted": extracted, "correct": value is not None and value == gold}
+        correct = value is not None and value == gold
+        return {"extracted": extracted, "correct": correct, "reward": float(correct)}
 
     def verify(self, response: str, sample: Sample) -> bool:
         """Is the final number right?"""

@@ -331,8 +331,9 @@ class MathTask:
         return span
 
     def grade(self, response: str, sample: Sample) -> dict[str, Any]:
-        """Both graders' verdicts: `{extracted, math_verify, sympy, correct, timeouts}`
-        (`timeouts`: `{grader: "cpu" | "wall"}` of the graders that ran out of time)."""
+        """Both graders' verdicts: `{extracted, math_verify, sympy, correct, reward, timeouts}`
+        (`correct`: the configured grader's verdict, as `verify`; `reward`: 1.0 when correct;
+        `timeouts`: `{grader: "cpu" | "wall"}` of the graders that ran out of time)."""
         return self._grade(response, sample, grading.GRADERS)
 
     def verify(self, response: str, sample: Sample) -> bool:
@@ -360,4 +361,4 @@ class MathTask:
             correct = any(verdicts.values())
         else:
             correct = verdicts.get(self.grader, False)
-        return {"extracted": extracted, **verdicts, "correct": correct, "timeouts": timeouts}
+        return {"extracted": extracted, **verdicts, "correct": correct, "reward": float(correct), "timeouts": timeouts}

@@ -17,7 +17,7 @@ from ftcli.train.logprobs import ChunkedLogprobs, policy_logprobs
 from ftcli.train.memprobe import measure_update_peak
 from ftcli.train.stats import CtrlC, Timer
 from ftcli.train.update import PolicyUpdate
-from tests.test_train_microbatch_on_cpu import GradEngine, _realistic_step, _seqs
+from tests.test_train_microbatch import GradEngine, _realistic_step, _seqs
 
 
 def _update(model, tok, seqs, **kw):

@@ -14,7 +14,7 @@ import textwrap
 import pytest
 import torch
 
-from tests.test_train_on_cpu import (
+from tests.test_train_loop import (
     TOY_TASK,  # reward = fraction of digits: every group has a gradient
 )
 

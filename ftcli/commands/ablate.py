@@ -12,14 +12,13 @@ from __future__ import annotations
 import inspect
 import re
 import typing
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
 
-from ftcli.commands.options import build, dataclass_params, param, split_list
+from ftcli.commands.options import build, command, dataclass_params, split_list
 from ftcli.experiments.config import (
     INTERVENE_PROTOCOL,
     InterveneConfig,
@@ -27,7 +26,7 @@ from ftcli.experiments.config import (
     SweepConfig,
     TextConfig,
 )
-from ftcli.options import WEIGHTINGS, describe_rules
+from ftcli.options import WEIGHTINGS, describe_rules, option
 from ftcli.train.config import TrainConfig
 
 EPILOG = """Examples:
@@ -110,32 +109,50 @@ EVAL_PANEL = "Evaluation"
 SWEEP_TRAIN_OPTIONS = ("model", "task", "data_source", "data_root", "steps", "prompts", "group_size", "max_new_tokens", "lr")
 
 
-def _train_params() -> list[inspect.Parameter]:
-    hints = typing.get_type_hints(TrainConfig)
-    out = []
-    for f in fields(TrainConfig):
-        if f.name in SWEEP_TRAIN_OPTIONS:
-            flags = ("-m",) if f.name == "model" else ()
-            out.append(param(f.name, Optional[hints[f.name]], typer.Option(  # noqa: UP045
-                None, "--" + f.name.replace("_", "-"), *flags, rich_help_panel=TRAIN_PANEL,
-                help=f"{f.metadata['help']} (default: ft train's, {f.default})")))
-    return out
+@dataclass
+class SweepRunOptions:
+    """The options of a training sweep beside SweepConfig's: other ft train options, the
+    evaluation overrides (None: the suite's default) and how the sweep runs."""
+
+    set_: list[str] | None = option(None, "Any other ft train option, KEY=VALUE (repeatable), e.g. --set temperature=0.99.", TRAIN_PANEL)
+    baseline: bool = option(True, "Also train plain GRPO (credit none) as the reference row.", TRAIN_PANEL)
+    eval_n: int | None = option(None, "Samples per problem (suite default otherwise).", EVAL_PANEL, min=1)
+    eval_temperature: float | None = option(None, "Eval temperature (suite default: 0.99; 0 = greedy).", EVAL_PANEL, min=0.0)
+    eval_max_new_tokens: int | None = option(None, "Eval token budget (default: the training --max-new-tokens).", EVAL_PANEL, min=1)
+    out: Path | None = option(None, "Output folder (default runs/ablate/<name>).", flags=("-o",))
+    quiet: bool = option(False, "No progress bars.", flags=("-q",), toggle=False)
+    jobs: int = option(1, "Runs trained and evaluated at once, each in its own process with one torch thread (results do not depend on it).", flags=("-j",), min=1)
+
+
+@dataclass
+class VariantOptions:
+    """What each training sweep varies (each sweep takes its own fields)."""
+
+    range_: list[str] | None = option(None, "Layer range(s): early|mid|late|all|paper-early|paper-mid|paper-late|A:B; repeatable or comma list (default: early, mid, late, all).")
+    ratios: str = option("0.2,0.4,0.6", "Comma list of fractions.")
+    select: str = option("top,bottom", "top, bottom or both.")
+    gammas: str = option("0.5,1.2,1.5,1.8,2.0,3.0", "Comma list of weights (default: the paper's Table 7).")
+    weightings: str = option(",".join(WEIGHTINGS), "Comma list (ftcli.credit.WEIGHTINGS).")
+    masses: str = option("0.2,0.4,0.6,0.8", "Mass thresholds of the soft (mass) weighting; one variant each.")
+    rules: str = option("none,attention,flow", "Comma list of credit rules.")
+
+
+def _variant_params(*names: str) -> list[inspect.Parameter]:
+    return dataclass_params(VariantOptions, only=names)
 
 
 def _common_sweep_params() -> list[inspect.Parameter]:
+    run = SweepRunOptions
     return [
-        *_train_params(),
+        # the training options from TrainConfig (None = ft train's default)
+        *dataclass_params(TrainConfig, only=SWEEP_TRAIN_OPTIONS, unset=True, panel=TRAIN_PANEL, flags={"model": ("-m",)},
+                          note=lambda f: f" (default: ft train's, {f.default})"),
         *dataclass_params(SweepConfig, only=("preset", "seeds", "variant_seeds", "reference")),
-        param("set_", Optional[list[str]], typer.Option(None, "--set", help="Any other ft train option, KEY=VALUE (repeatable), e.g. --set temperature=0.99.", rich_help_panel=TRAIN_PANEL)),  # noqa: UP045
-        param("baseline", bool, typer.Option(True, "--baseline/--no-baseline", help="Also train plain GRPO (credit none) as the reference row.", rich_help_panel=TRAIN_PANEL)),
+        *dataclass_params(run, only=("set_", "baseline")),
         *dataclass_params(SweepConfig, only=("eval_suite", "eval_limit")),
-        param("eval_n", Optional[int], typer.Option(None, "--eval-n", min=1, help="Samples per problem (suite default otherwise).", rich_help_panel=EVAL_PANEL)),  # noqa: UP045
-        param("eval_temperature", Optional[float], typer.Option(None, "--eval-temperature", min=0.0, help="Eval temperature (suite default: 0.99; 0 = greedy).", rich_help_panel=EVAL_PANEL)),  # noqa: UP045
-        param("eval_max_new_tokens", Optional[int], typer.Option(None, "--eval-max-new-tokens", min=1, help="Eval token budget (default: the training --max-new-tokens).", rich_help_panel=EVAL_PANEL)),  # noqa: UP045
+        *dataclass_params(run, only=("eval_n", "eval_temperature", "eval_max_new_tokens")),
         *dataclass_params(SweepConfig, only=("eval_batch_size",)),
-        param("out", Optional[Path], typer.Option(None, "--out", "-o", help="Output folder (default runs/ablate/<name>).")),  # noqa: UP045
-        param("quiet", bool, typer.Option(False, "--quiet", "-q", help="No progress bars.")),
-        param("jobs", int, typer.Option(1, "--jobs", "-j", min=1, help="Runs trained and evaluated at once, each in its own process with one torch thread (results do not depend on it).")),
+        *dataclass_params(run, only=("out", "quiet", "jobs")),
     ]
 
 
@@ -176,14 +193,8 @@ def _run_sweep(name: str, kw: dict, variants_fn, pivot=None) -> None:
 
 
 def _command(name: str, doc: str, params: list[inspect.Parameter], fn) -> None:
-    """Register `fn(**kw)` as `ft ablate NAME` with the generated `params`."""
-
-    def cmd(**kw):
-        fn(kw)
-
-    cmd.__signature__ = inspect.Signature(params)
-    cmd.__annotations__ = {p.name: p.annotation for p in params}
-    ablate_app.command(name, epilog=EPILOG, help=doc)(cmd)
+    """Register `fn(kw)` as `ft ablate NAME` with the generated `params`."""
+    ablate_app.command(name, epilog=EPILOG, help=doc)(command(params, fn))
 
 
 def _sweep_command(name: str, doc: str, extra: list[inspect.Parameter], variants_fn, pivot=None):
@@ -205,7 +216,7 @@ _sweep_command(
     "late [2L/3, L), all; paper-early, paper-mid, paper-late: the figure's 0:15, 15:25, 25:35 of "
     "Qwen3-4B's 36 layers scaled to the model's depth; or A:B, half-open, e.g. 15:25); trains and "
     "evaluates every range; bars.png is the figure.",
-    [param("range_", Optional[list[str]], typer.Option(None, "--range", help="Layer range(s): early|mid|late|all|paper-early|paper-mid|paper-late|A:B; repeatable or comma list (default: early, mid, late, all)."))],  # noqa: UP045
+    _variant_params("range_"),
     _layers_variants,
 )
 
@@ -232,8 +243,7 @@ def _ratio_pivot(res):
 _sweep_command(
     "ratio",
     "Table 5: flow credit on the top or bottom 20/40/60% of response tokens by throughput.",
-    [param("ratios", str, typer.Option("0.2,0.4,0.6", "--ratios", help="Comma list of fractions.")),
-     param("select", str, typer.Option("top,bottom", "--select", help="top, bottom or both."))],
+    _variant_params("ratios", "select"),
     _ratio_variants, _ratio_pivot,
 )
 
@@ -247,7 +257,7 @@ def _gamma_variants(kw, cfg):
 _sweep_command(
     "gamma",
     "Table 7 (gamma): the weight given to the top-40% flow tokens, the paper's 0.5 to 3.0.",
-    [param("gammas", str, typer.Option("0.5,1.2,1.5,1.8,2.0,3.0", "--gammas", help="Comma list of weights (default: the paper's Table 7)."))],
+    _variant_params("gammas"),
     _gamma_variants,
 )
 
@@ -266,8 +276,7 @@ _sweep_command(
     "weighting",
     "Table 7 (weighting): flow scores to weights by a continuous map (raw flow, tanh of z-score, "
     "sigmoid, MAD, log1p, soft mass thresholds 20-80%) against the paper's binary top-40%.",
-    [param("weightings", str, typer.Option(",".join(WEIGHTINGS), "--weightings", help="Comma list (ftcli.credit.WEIGHTINGS).")),
-     param("masses", str, typer.Option("0.2,0.4,0.6,0.8", "--masses", help="Mass thresholds of the soft (mass) weighting; one variant each."))],
+    _variant_params("weightings", "masses"),
     _weighting_variants,
 )
 
@@ -286,7 +295,7 @@ _sweep_command(
     "credit",
     f"Tables 2-4, Figs. 4-5: the same training with each credit rule ({describe_rules()}; none = "
     "GRPO); curves.png holds the training curves.",
-    [param("rules", str, typer.Option("none,attention,flow", "--rules", help="Comma list of credit rules."))],
+    _variant_params("rules"),
     _credit_variants,
 )
 
@@ -310,7 +319,7 @@ INTERVENE_HELP = ("Table 1: causal intervention. Blocks the information of the t
                   "the answer; reports answer-change and correctness-reversal rates with counts and Wilson "
                   f"95% intervals.\n\nProtocol:\n\n{_para(INTERVENE_PROTOCOL)}")
 
-QUIET = param("quiet", bool, typer.Option(False, "--quiet", "-q", help="No progress bars."))
+QUIET = dataclass_params(SweepRunOptions, only=("quiet",))[0]
 
 
 def _intervene(kw: dict) -> None:
@@ -365,16 +374,24 @@ def _tokens(kw: dict) -> None:
     _run_sweep("tokens-train", sweep_kw, lambda kw, cfg: token_class_variants())
 
 
+@dataclass
+class TokensOptions:
+    """`ft ablate tokens`'s options beside TextConfig's: the ranking, and the optional training."""
+
+    top: int = option(20, "Tokens per panel of fig3_tokens.png.", min=1)
+    min_count: int = option(3, "Occurrences needed to be ranked.", min=1)
+    train_: bool = option(False, "Also train flow credit on all / structural-only / semantic-only tokens (+ GRPO), with the sweep options below.")
+    train_task: str | None = option(None, "Task of the training runs (default: ft train's).")
+    steps: int | None = option(None, "Optimizer steps per run.", min=1)
+    set_: list[str] | None = option(None, "Other ft train options, KEY=VALUE.")
+    jobs: int = option(1, "Training runs at once (each in its own process).", flags=("-j",), min=1)
+
+
 _command("tokens", _para(TOKENS_HELP), [
     *dataclass_params(TextConfig, defaults={"out": "runs/ablate/tokens", "model": None}),
-    param("top", int, typer.Option(20, "--top", min=1, help="Tokens per panel of fig3_tokens.png.")),
-    param("min_count", int, typer.Option(3, "--min-count", min=1, help="Occurrences needed to be ranked.")),
-    param("train_", bool, typer.Option(False, "--train/--no-train", help="Also train flow credit on all / structural-only / semantic-only tokens (+ GRPO), with the sweep options below.")),
-    param("train_task", Optional[str], typer.Option(None, "--train-task", help="Task of the training runs (default: ft train's).")),  # noqa: UP045
-    param("steps", Optional[int], typer.Option(None, "--steps", min=1, help="Optimizer steps per run.")),  # noqa: UP045
-    param("set_", Optional[list[str]], typer.Option(None, "--set", help="Other ft train options, KEY=VALUE.")),  # noqa: UP045
+    *dataclass_params(TokensOptions, only=("top", "min_count", "train_", "train_task", "steps", "set_")),
     *dataclass_params(SweepConfig, only=("seeds", "eval_suite", "eval_limit")),
-    param("jobs", int, typer.Option(1, "--jobs", "-j", min=1, help="Training runs at once (each in its own process).")),
+    *dataclass_params(TokensOptions, only=("jobs",)),
     QUIET,
 ], _tokens)
 

@@ -10,6 +10,8 @@ from typing import Optional
 
 import typer
 
+from ftcli.options import check_limits, option_flag
+
 KW = inspect.Parameter.KEYWORD_ONLY
 
 
@@ -47,9 +49,22 @@ def _default(f):
     return f.default_factory() if f.default_factory is not MISSING else None
 
 
+def _comma(values) -> str:
+    return ",".join(format(v, "g") if isinstance(v, float) else str(v) for v in values)
+
+
 def dataclass_params(cls, *, only: tuple[str, ...] | None = None, defaults: dict | None = None,
-                     panel: str | None = None) -> list[inspect.Parameter]:
-    """One typer option per CLI field of dataclass `cls` (a tuple field is a comma list)."""
+                     panel: str | None = None, flags: dict | None = None, unset: bool = False,
+                     note=None) -> list[inspect.Parameter]:
+    """One typer option per CLI field of dataclass `cls` (fields declared with
+    `ftcli.options.option`; `only`: just these), in field order; the one place where options
+    become flags. A tuple field is a comma list.
+
+    `defaults`: CLI defaults other than the fields'; `panel`: one help panel for all (else each
+    field's); `flags`: extra flags by field name; `unset`: every option defaults to None (not
+    given: the command fills in a preset or the field's default later; the limits are then
+    `check_limits`'s, on the built object); `note(field) -> str`: appended to the help (what
+    the default is)."""
     hints = typing.get_type_hints(cls)
     out = []
     for f in fields(cls):
@@ -57,23 +72,42 @@ def dataclass_params(cls, *, only: tuple[str, ...] | None = None, defaults: dict
         if not meta.get("cli", True) or (only is not None and f.name not in only):
             continue
         tp = _base_type(hints[f.name])
-        default = (defaults or {}).get(f.name, _default(f))
-        flag = "--" + f.name.replace("_", "-")
+        default = None if unset else (defaults or {}).get(f.name, _default(f))
+        flag = option_flag(f.name)
         help_ = meta.get("help", "")
         if meta.get("choices"):
             help_ += f" One of: {', '.join(meta['choices'])}."
+        if note is not None:
+            help_ += note(f)
         if typing.get_origin(tp) is tuple:
-            tp, default = str, None if default is None else ",".join(map(str, default))
-        decl = [f"{flag}/--no-{flag[2:]}"] if tp is bool else [flag, *meta.get("flags", ())]
-        limits = {k: meta[k] for k in ("min", "max") if meta.get(k) is not None}
+            tp, default = str, None if default is None else _comma(default)
+        extra = (*meta.get("flags", ()), *(flags or {}).get(f.name, ()))
+        toggle = tp is bool and meta.get("toggle", True)
+        decl = [f"{flag}/--no-{flag[2:]}"] if toggle else [flag, *extra]
+        limits = {} if unset else {k: meta[k] for k in ("min", "max") if meta.get(k) is not None}
         ann = Optional[tp] if default is None else tp  # noqa: UP045 - typer needs a real typing object
-        out.append(param(f.name, ann, typer.Option(default, *decl, help=help_, rich_help_panel=panel or meta.get("panel"), **limits)))
+        opt = typer.Option(default, *decl, help=help_, rich_help_panel=panel or meta.get("panel"),
+                           **({"show_default": False} if unset else {}), **limits)
+        out.append(param(f.name, ann, opt))
     return out
+
+
+def command(params: list[inspect.Parameter], fn):
+    """A callback typer can read: the generated `params` as its signature; calls `fn(kw)`
+    with the parsed options."""
+
+    def cmd(**kw):
+        return fn(kw)
+
+    cmd.__signature__ = inspect.Signature(params)
+    cmd.__annotations__ = {p.name: p.annotation for p in params}
+    return cmd
 
 
 def build(cls, kw: dict, **fixed):
     """An instance of `cls` from the command's keyword arguments (popping its fields from
-    `kw`; comma lists become tuples), with `fixed` values on top."""
+    `kw`; comma lists become tuples), with `fixed` values on top; its choices and limits
+    checked (`check_limits`: one line naming the option)."""
     hints = typing.get_type_hints(cls)
     values = {}
     for f in fields(cls):
@@ -83,4 +117,6 @@ def build(cls, kw: dict, **fixed):
             if typing.get_origin(tp) is tuple and isinstance(v, str):
                 v = tuple(split_list(v, typing.get_args(tp)[0]))
             values[f.name] = v
-    return cls(**{**values, **fixed})
+    obj = cls(**{**values, **fixed})
+    check_limits(obj)
+    return obj

@@ -9,7 +9,6 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import typing
 from dataclasses import fields
 from pathlib import Path
 from typing import Optional
@@ -17,6 +16,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from ftcli.commands.options import command, dataclass_params, param
 from ftcli.options import describe_limits, describe_rules
 from ftcli.rundir import RunDir
 from ftcli.train.config import PRESETS, TrainConfig, resolve_config
@@ -50,60 +50,45 @@ Multi-process (one process per GPU, or 2 CPU processes):
 RESUMABLE = {"steps", "progress", "val_every", "save_every", "keep_last", "log_samples", "gen_batch_size", "data_root", "report_to"}
 
 
-def _option_type(tp):
-    """Optional[X] for the CLI (None = not given): strip an existing Optional first."""
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    base = args[0] if args else tp
-    return Optional[base], base  # noqa: UP045 - typer needs a real typing object
+def _default_note(f) -> str:
+    """What an option left out takes (`ft train --help`): the default, the paper preset's value
+    and the range."""
+    meta = f.metadata
+    default = "off" if f.name == "clip_ratio_c" else "auto" if f.default is None else f.default
+    paper = PRESETS["paper"].get(f.name)
+    rng = describe_limits(meta) if any(meta.get(k) is not None for k in ("min", "max", "gt", "lt")) else None
+    return f"  (default: {default}" + (f"; paper: {paper}" if paper is not None else "") + (f"; {rng}" if rng else "") + ")"
 
 
 def _build_params() -> list[inspect.Parameter]:
-    hints = typing.get_type_hints(TrainConfig)
-    kw = inspect.Parameter.KEYWORD_ONLY
+    """The run's own options, then one per TrainConfig field (None = not given: the preset's
+    value, then the field's default)."""
     params = [
-        inspect.Parameter("preset", kw, annotation=str, default=typer.Option(
+        param("preset", str, typer.Option(
             "cpu", "--preset", help=f"Defaults for the options not given: {', '.join(PRESETS)} "
             "(paper: global batch 512 = 64 prompts x 8, micro 32, lr 1e-6, T 0.99, top-k 100, 1K tokens).",
             rich_help_panel="Run")),
-        inspect.Parameter("resume", kw, annotation=bool, default=typer.Option(
+        param("resume", bool, typer.Option(
             False, "--resume", help="Continue the run in --out from its newest checkpoint.",
             rich_help_panel="Run")),
-        inspect.Parameter("dry_run", kw, annotation=bool, default=typer.Option(
+        param("dry_run", bool, typer.Option(
             False, "--dry-run", help="Resolve every option, read the model's config (no weights) and print the "
             "per-GPU memory plan (weights, gradients, optimizer state, activations, log-prob temporaries, the W "
             "capture, the KV cache) with the micro-batch plan; warn on what does not fit; train nothing.",
             rich_help_panel="Dry run")),
-        inspect.Parameter("gpus", kw, annotation=Optional[int], default=typer.Option(  # noqa: UP045
+        param("gpus", Optional[int], typer.Option(  # noqa: UP045
             None, "--gpus", min=1, help="GPUs (ranks) the dry run plans for (default: $WORLD_SIZE, else 1).",
             rich_help_panel="Dry run")),
-        inspect.Parameter("gpu_memory_gb", kw, annotation=float, default=typer.Option(
+        param("gpu_memory_gb", float, typer.Option(
             80.0, "--gpu-memory-gb", min=1.0, help="Memory of one GPU in GiB, for the dry run.",
             rich_help_panel="Dry run")),
-        inspect.Parameter("prompt_tokens", kw, annotation=int, default=typer.Option(
+        param("prompt_tokens", int, typer.Option(
             256, "--prompt-tokens", min=1, help="Prompt length the dry run assumes (responses at --max-new-tokens).",
             rich_help_panel="Dry run")),
-        inspect.Parameter("local_rank", kw, annotation=Optional[int], default=typer.Option(  # noqa: UP045
+        param("local_rank", Optional[int], typer.Option(  # noqa: UP045
             None, "--local_rank", "--local-rank", hidden=True, help="Set by the deepspeed launcher.")),
     ]
-    for f in fields(TrainConfig):
-        meta = f.metadata
-        if not meta.get("cli", True):
-            continue
-        ann, base = _option_type(hints[f.name])
-        flag = "--" + f.name.replace("_", "-")
-        decl = f"{flag}/--no-{flag[2:]}" if base is bool else flag
-        default = "auto" if f.default is None else f.default
-        paper = PRESETS["paper"].get(f.name)
-        help_ = meta["help"]
-        if meta.get("choices"):
-            help_ += f" One of: {', '.join(meta['choices'])}."
-        if f.name == "clip_ratio_c":
-            default = "off"
-        rng = describe_limits(meta) if any(meta.get(k) is not None for k in ("min", "max", "gt", "lt")) else None
-        help_ += f"  (default: {default}" + (f"; paper: {paper}" if paper is not None else "") + (f"; {rng}" if rng else "") + ")"
-        params.append(inspect.Parameter(f.name, kw, annotation=ann, default=typer.Option(
-            None, decl, help=help_, show_default=False, rich_help_panel=meta.get("panel"))))
-    return params
+    return params + dataclass_params(TrainConfig, unset=True, note=_default_note)
 
 
 def _resumed_options(out: str, given: dict) -> tuple[str, dict]:
@@ -189,14 +174,11 @@ def _summary(console, run_dir: Path, cfg) -> None:
 def make_command():
     """The `train` callback with a signature typer can read."""
 
-    def train_cmd(**kw):
+    def train_cmd(kw):
         """Train a policy with GRPO and token credit (FlowTracer or a baseline rule)."""
         _train_command(**kw)
 
-    params = _build_params()
-    train_cmd.__signature__ = inspect.Signature(params)
-    train_cmd.__annotations__ = {p.name: p.annotation for p in params}
-    return train_cmd
+    return command(_build_params(), train_cmd)
 
 
 def register(app: typer.Typer) -> None:

@@ -34,7 +34,7 @@ from ftcli.evaluation.metrics import (
     sampling_stderr,
     standard_metrics,
 )
-from ftcli.evaluation.sampling import sample_task
+from ftcli.evaluation.sampling import grade, sample_task
 from ftcli.evaluation.suites import Benchmark, EvalError, apply_overrides, load_suite
 from ftcli.fetch.models import DEFAULT_MODEL, load_model, load_tokenizer, resolve_model, torch_dtype
 from ftcli.generation import get_backend
@@ -221,59 +221,15 @@ def _dtype(d):
 # ---------------------------------------------------------------------------------------------
 # Tasks and grading
 # ---------------------------------------------------------------------------------------------
-def _extracted_from_span(task, response: str) -> str | None:
-    fn = getattr(task, "answer_span", None)
-    if fn is None:
-        return None
-    span = fn(response)
-    if span is None:
-        return None
-    if isinstance(span, str):
-        return span
-    a, b = span
-    return response[a:b]
-
-
 def grade_sample(task, bench: Benchmark, response: str, sample: dict) -> dict:
-    """Verdicts for one response: {'correct', 'verdicts': {grader: bool}, 'extracted', 'reward'}.
-
-    The scoring verdict is `task.grade()[bench.grader]` when the task reports that grader
-    (math: `math_verify`), else the task's own verdict (`grade()["correct"]`, or `verify()`
-    for a task without `grade`). Every boolean in `grade()` is kept in `verdicts`, so the
-    second grader (math: `sympy`) is recorded beside it. A grader that raises counts as wrong,
-    with the error kept in `grade_error`.
-    """
-    rec: dict[str, Any] = {"verdicts": {}, "extracted": None}
-    try:
-        g = task.grade(response, sample) if hasattr(task, "grade") else None
-        if g is not None:
-            for k, v in g.items():
-                if k != "correct" and (isinstance(v, bool) or (v is None and k in (bench.grader, bench.second_grader))):
-                    rec["verdicts"][k] = v
-            if g.get("extracted") is not None and not isinstance(g.get("extracted"), bool):
-                rec["extracted"] = str(g["extracted"])
-            if isinstance(g.get("timeouts"), dict) and g["timeouts"]:  # {grader: "cpu" | "wall"}
-                rec["timeouts"] = {str(k): str(v) for k, v in g["timeouts"].items()}
-        if g is not None and bench.grader != "verify" and g.get(bench.grader) is not None:
-            rec["correct"] = bool(g[bench.grader])
-        else:
-            own = g.get("correct") if g is not None else None
-            rec["correct"] = bool(own) if isinstance(own, bool) else bool(task.verify(response, sample))
-            rec["verdicts"]["verify"] = rec["correct"]
-        if rec["extracted"] is None:
-            rec["extracted"] = _extracted_from_span(task, response)
-        rec["reward"] = float(task.reward(response, sample))
-    except Exception as e:  # noqa: BLE001 - a grader crash must not kill a long eval
-        rec.setdefault("correct", False)
-        rec.setdefault("reward", 0.0)
-        rec["grade_error"] = f"{type(e).__name__}: {e}"[:300]
-    return rec
+    """Verdicts for one response under `bench`'s graders (`ftcli.evaluation.sampling.grade`)."""
+    return grade(task, response, sample, bench.grader, bench.second_grader)
 
 
 def grader_names(task, bench: Benchmark, sample: dict | None = None) -> tuple[str, str | None]:
     """(primary, second) grader names as recorded. Probes `task.grade("", sample)` for the
     graders the task reports; one it lacks falls back to the task's own verdict, `verify`."""
-    if bench.grader == "verify" or not hasattr(task, "grade"):
+    if bench.grader == "verify":
         return "verify", None
     try:
         keys = set(task.grade("", sample or {}))

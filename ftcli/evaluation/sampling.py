@@ -9,6 +9,7 @@ the task's own (`ftcli.sequences.task_prompt_text`); responses come from
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -42,22 +43,58 @@ def sample_task(model, tokenizer, task, samples: Sequence[dict], *, n: int = 1, 
         yield idx, groups
 
 
-def grade(task, response: str, sample: dict) -> tuple[str | None, bool]:
-    """(extracted answer, correct) from the task's `grade` (or answer_span + verify)."""
-    g = task.grade(response, sample) if hasattr(task, "grade") else {}
-    ext = g.get("extracted")
-    if ext is None and not g:
-        span = task.answer_span(response)
-        ext = response[span[0] : span[1]] if span else None
-    ok = g.get("correct")
-    if not isinstance(ok, bool):
-        ok = bool(task.verify(response, sample))
-    return (None if ext is None else str(ext)), ok
+def _extracted_from_span(task, response: str) -> str | None:
+    fn = getattr(task, "answer_span", None)
+    if fn is None:
+        return None
+    span = fn(response)
+    if span is None:
+        return None
+    if isinstance(span, str):
+        return span
+    a, b = span
+    return response[a:b]
+
+
+def grade(task, response: str, sample: dict, grader: str = "verify", second_grader: str | None = None) -> dict:
+    """The one grader: verdicts for one response, {'correct', 'verdicts': {grader: bool},
+    'extracted', 'reward'} (plus 'timeouts' and 'grade_error' when they happen).
+
+    The task's one grading call, `grade()`: the scoring verdict is `grade()[grader]` when
+    the task reports that grader (math: `math_verify`), else its own verdict
+    (`grade()["correct"]`, recorded as `verify`). Every boolean in `grade()` is kept in
+    `verdicts`, so the second grader (math: `sympy`) is recorded beside it; the reward is
+    `grade()["reward"]`. A grader that raises counts as wrong, with the error kept in
+    `grade_error`.
+    """
+    rec: dict[str, Any] = {"verdicts": {}, "extracted": None}
+    try:
+        g = task.grade(response, sample)
+        for k, v in g.items():
+            if k != "correct" and (isinstance(v, bool) or (v is None and k in (grader, second_grader))):
+                rec["verdicts"][k] = v
+        if g.get("extracted") is not None and not isinstance(g.get("extracted"), bool):
+            rec["extracted"] = str(g["extracted"])
+        if isinstance(g.get("timeouts"), dict) and g["timeouts"]:  # {grader: "cpu" | "wall"}
+            rec["timeouts"] = {str(k): str(v) for k, v in g["timeouts"].items()}
+        if grader != "verify" and g.get(grader) is not None:
+            rec["correct"] = bool(g[grader])
+        else:
+            rec["correct"] = bool(g["correct"])
+            rec["verdicts"]["verify"] = rec["correct"]
+        if rec["extracted"] is None:
+            rec["extracted"] = _extracted_from_span(task, response)
+        rec["reward"] = float(g["reward"])
+    except Exception as e:  # noqa: BLE001 - a grader crash must not kill a long eval
+        rec.setdefault("correct", False)
+        rec.setdefault("reward", 0.0)
+        rec["grade_error"] = f"{type(e).__name__}: {e}"[:300]
+    return rec
 
 
 def accuracy(model, tokenizer, task, samples: Sequence[dict], **sampling) -> tuple[int, int]:
-    """(correct, total) of one response per sample, judged by `task.verify`."""
+    """(correct, total) of one response per sample, judged by `grade` (the task's own verdict)."""
     correct = 0
     for idx, groups in sample_task(model, tokenizer, task, samples, n=1, **sampling):
-        correct += sum(bool(task.verify(g[0].response_text, samples[i])) for i, g in zip(idx, groups, strict=True))
+        correct += sum(grade(task, g[0].response_text, samples[i])["correct"] for i, g in zip(idx, groups, strict=True))
     return correct, len(samples)

@@ -69,7 +69,8 @@ def _intervene_problem(model, tok, task, sample, prompt: Prompt, ro, amask: list
                        cfg: InterveneConfig) -> dict:
     pid = str(sample["id"])
     rec: dict = {"id": pid, "status": "ok"}
-    answer0, correct0 = grade(task, ro.response_text, sample)
+    v0 = grade(task, ro.response_text, sample)
+    answer0, correct0 = v0["extracted"], v0["correct"]
     rec["original"] = {"response": ro.response_text, "answer": answer0, "correct": correct0,
                        "tokens": len(ro.response_ids), "finished": ro.finished}
     if not ro.finished and not cfg.keep_truncated:
@@ -100,7 +101,8 @@ def _intervene_problem(model, tok, task, sample, prompt: Prompt, ro, amask: list
                tau=[float(f"{x:.6g}") for x in tau.tolist()], arms={})
     for arm, cont in zip(ARMS, conts, strict=True):
         text = decode(tok, list(ro.response_ids[:a0]) + cont)
-        ans, ok = grade(task, text, sample)
+        v = grade(task, text, sample)
+        ans, ok = v["extracted"], v["correct"]
         rec["arms"][arm] = {
             "blocked": chosen[arm],
             "blocked_text": [decode(tok, [ro.response_ids[p]]) for p in chosen[arm]],

@@ -45,6 +45,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ftcli.options import option
+
 PAD, IM_START, IM_END = "<|pad|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = (PAD, IM_START, IM_END)
 TAG_TOKENS = ("<think>", "</think>", "<answer>", "</answer>")
@@ -66,30 +68,31 @@ class PolicyError(ValueError):
 class PolicyRecipe:
     """Everything `build_policy` needs; `DEFAULT_RECIPE` made the shipped checkpoint."""
 
-    seed: int = 0
-    size: str = "base"
-    vocab_size: int = 1024
-    max_positions: int = 512
-    problems: int | None = None  # training problems from the task's train split (None: all)
-    traces_per_problem: int = 2
-    fail_probs: tuple[float, ...] = (0.35, 0.3, 0.2, 0.15)
-    near_miss_draws: int = 3
-    show_remaining: bool = True
-    steps: int = 1700
-    batch_size: int = 16
-    lr: float = 2e-3
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.05
-    weight_decay: float = 0.01
-    engine: str = "deepspeed"  # ZeRO-0 engine; "torch" gives the same updates without DeepSpeed
-    eval_split: str = "test"
-    eval_problems: int | None = None  # None: the whole split
-    eval_max_new_tokens: int = 192
-    eval_temperatures: tuple[float, ...] = (0.0, 0.7, 1.0)  # 0 = greedy
-    store_fp16: bool = True  # weights rounded to float16 after SFT and stored so (half the size)
-    task: str = "countdown"
-    data_source: str = "generated"  # generated: the seeded Countdown generator (no files); files: TinyZero's
-    data_root: str | None = None  # the data root of data_source="files" (default: $FT_DATA, else the data cache)
+    seed: int = option(0, "Seed of traces, initialisation and batch order.")
+    size: str = option("base", "Model size.", choices=tuple(MODEL_SIZES))
+    vocab_size: int = option(1024, "BPE vocabulary size (upper bound).", min=300)
+    max_positions: int = option(512, "Context length of the model.", cli=False)
+    problems: int | None = option(None, "Training problems from the task's train split (default: all).", min=1)
+    traces_per_problem: int = option(2, "Traces per problem (different failed tries).", min=1)
+    fail_probs: tuple[float, ...] = option((0.35, 0.3, 0.2, 0.15), "Probabilities of 0, 1, 2, 3 failed tries before the solution.", cli=False)
+    near_miss_draws: int = option(3, "Random combinations drawn per failed try (the one nearest the target is kept).", cli=False)
+    show_remaining: bool = option(True, "Traces list the values still to be used after each step.", cli=False)
+    steps: int = option(1700, "Optimizer steps.", min=1)
+    batch_size: int = option(16, "Sequences per step.", min=1)
+    lr: float = option(2e-3, "Peak learning rate (linear warm-up, cosine decay).", gt=0)
+    warmup_steps: int = option(100, "Warm-up steps.", min=0)
+    min_lr_ratio: float = option(0.05, "Final learning rate as a fraction of the peak.", cli=False)
+    weight_decay: float = option(0.01, "AdamW weight decay (matrices only).", min=0.0)
+    engine: str = option("deepspeed", "torch (AdamW) | deepspeed (ZeRO-0 engine, same update).", choices=("torch", "deepspeed"))
+    eval_split: str = option("test", "Split the accuracy is measured on: validation | test.")
+    eval_problems: int | None = option(None, "Evaluate on the first N problems of the split (default: all).", min=1)
+    eval_max_new_tokens: int = option(192, "Response budget of the evaluation.", cli=False)
+    eval_temperatures: tuple[float, ...] = option((0.0, 0.7, 1.0), "Comma-separated sampling temperatures to measure (0 = greedy).")
+    store_fp16: bool = option(True, "Weights rounded to float16 after SFT and stored so (half the size).", cli=False)
+    task: str = option("countdown", "Task of the traces.", cli=False)
+    data_source: str = option("generated", "generated: the seeded Countdown generator (no files; seeded by --seed) | files: TinyZero's parquet files from the data root (fetched on first use).", choices=("generated", "files"))
+    # the data root of data_source="files" (default: $FT_DATA, else the data cache); the CLI's is `--data-root`
+    data_root: str | None = option(None, "Folder with the benchmark files.", cli=False)
 
 
 DEFAULT_RECIPE = PolicyRecipe()

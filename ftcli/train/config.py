@@ -120,33 +120,20 @@ class TrainConfig:
 
     # -- derived -------------------------------------------------------------------------------
     def validate(self) -> None:
-        """Every option's range (the `min` / `max` / `gt` / `lt` of its field; floats finite),
-        then the choices; one-line ValueErrors naming the option."""
+        """Every option's choices and range (the `choices`, `min` / `max` / `gt` / `lt` of its
+        field; floats finite: `check_limits`), then the rule and what spans several options;
+        one-line ValueErrors naming the option."""
         from ftcli.credit import CreditOptions, get_rule  # torch: not for building the CLI
 
         check_limits(self)
         get_rule(self.credit)
         parse_report_to(self.report_to)
         CreditOptions(**self.credit_options_kwargs())
-        if self.loss_agg not in AGG_MODES:
-            raise ValueError(f"--loss-agg must be one of {', '.join(AGG_MODES)}")
-        if self.credit_tokens not in CREDIT_TOKENS:
-            raise ValueError(f"--credit-tokens must be one of {', '.join(CREDIT_TOKENS)}")
-        if self.data_source not in DATA_SOURCES:
-            raise ValueError(f"--data-source must be one of {', '.join(DATA_SOURCES)}")
-        if self.micro_order not in MICRO_ORDERS:
-            raise ValueError(f"--micro-order must be one of {', '.join(MICRO_ORDERS)}")
-        if self.credit_pass not in CREDIT_PASSES:
-            raise ValueError(f"--credit-pass must be one of {', '.join(CREDIT_PASSES)}")
         self.gen_batch_rows()
         self._check_rollout()
 
     def _check_rollout(self) -> None:
-        """--rollout and --rollout-is: known values; the correction needs vLLM's log-probs."""
-        if self.rollout not in ROLLOUTS:
-            raise ValueError(f"--rollout must be one of {', '.join(ROLLOUTS)}")
-        if self.rollout_is not in ROLLOUT_IS:
-            raise ValueError(f"--rollout-is must be one of {', '.join(ROLLOUT_IS)}")
+        """--rollout-is corrects vLLM's rollouts: it needs vLLM's log-probs."""
         if self.rollout_is != "none" and self.rollout != "vllm":
             raise ValueError("--rollout-is corrects vLLM's rollouts; it needs --rollout vllm")
 

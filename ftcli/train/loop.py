@@ -72,7 +72,6 @@ class RolloutSeq(TracedSeq):
     correct: bool = False
     has_answer: bool = False
     finished: bool = True
-    index: int = 0  # position in the rank's rollout list
     rollout: object = None  # the ftcli.generation.Rollout it came from
     sample: dict | None = None
 
@@ -274,7 +273,9 @@ class Trainer:
         texts = [task_prompt_text(self.tokenizer, self.task, s) for s in samples]
         groups = self._generate(texts, cfg.group_size, cfg.temperature, derive_seed(cfg.seed, "gen", step),
                                 self.seed_keys(step))
-        rewards = [float(self.task.reward(ro.response_text, s)) for s, g in zip(samples, groups, strict=True) for ro in g]
+        # one grading call per rollout: the reward and the verdict come from the same `grade`
+        grades = [self.task.grade(ro.response_text, s) for s, g in zip(samples, groups, strict=True) for ro in g]
+        rewards = [float(gr["reward"]) for gr in grades]
         adv = grpo.group_advantages(torch.tensor(rewards), cfg.group_size, cfg.norm_adv_std).tolist()
         seqs: list[RolloutSeq] = []
         for p, (sample, group) in enumerate(zip(samples, groups, strict=True)):
@@ -288,8 +289,8 @@ class Trainer:
                     ids=p_ids + list(ro.response_ids), n_prompt=len(p_ids), question=q_mask,
                     answer=span_to_token_mask(ro.response_offsets, span, len(ro.response_ids)).tolist(),
                     advantage=adv[k], seed=derive_seed(cfg.seed, "credit", gidx), reward=rewards[k],
-                    correct=bool(self.task.verify(ro.response_text, sample)), has_answer=span is not None,
-                    finished=bool(ro.finished), index=k, rollout=ro, sample=sample,
+                    correct=bool(grades[k]["correct"]), has_answer=span is not None,
+                    finished=bool(ro.finished), rollout=ro, sample=sample,
                 ))
         return seqs
 
@@ -558,7 +559,7 @@ class Trainer:
         write_manifest(self.rundir.final, reuse=read_manifest(self.rundir.final))  # the card is listed too
 
     def close(self) -> None:
-        """Release the engines (avoids the 2-rank ZeRO-3 exit abort; see research notes)."""
+        """Release the engines (avoids an intermittent abort of 2-rank ZeRO-3 processes at interpreter exit: a gloo all-gather outliving the interpreter)."""
         for e in (getattr(self, "engine", None), getattr(self, "ref", None)):
             if e is not None and hasattr(e, "destroy"):
                 e.destroy()

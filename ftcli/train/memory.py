@@ -17,7 +17,7 @@ Every figure is a count of tensors times their bytes, one function per term:
 with P parameters, w bytes per element of the training dtype, L layers, h hidden size, V
 vocabulary, kv = key/value heads x head dim. `a` counts the tensors a Qwen3/Llama decoder
 layer saves for its backward (`activation_elements`); `bench/bench_memory.py` measures it on
-CPU for real shapes and `tests/test_memory.py` checks the estimate against measured peaks.
+CPU for real shapes and `tests/test_train_memory.py` checks the estimate against measured peaks.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ toy task (toy scale: one training step, two eval problems)."""
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -188,7 +189,8 @@ class ToyTask:
 
     def grade(self, r, s):
         ext = r[-1:] or None
-        return {"extracted": ext, "correct": ext == s["answer"][-1:]}
+        ok = ext == s["answer"][-1:]
+        return {"extracted": ext, "correct": ok, "reward": float(ok)}
 
     def verify(self, r, s):
         return self.grade(r, s)["correct"]
@@ -319,7 +321,49 @@ def _run_cfg(out, key, seed=0):
     return json.loads((out / "runs" / key / f"seed{seed}" / "config.json").read_text())
 
 
-def test_cli_training_sweeps(toy, tmp_path):
+def _stub_trainer(monkeypatch):
+    """Sweeps on a stub trainer and evaluator (the CLI plumbing: variants, tables, reuse,
+    guards; not the training): a run folder with its config, one metrics row per step and a
+    final "checkpoint"; an evaluation whose value follows the run's options (seeded, stable)."""
+    import dataclasses
+    import random
+
+    import ftcli.experiments.sweep as sweep
+    from ftcli.rundir import RunDir
+
+    def train(cfg, resume=False, console=None):
+        rd = RunDir(cfg.out)
+        rd.path.mkdir(parents=True, exist_ok=True)
+        rd.write_config(dataclasses.asdict(cfg))
+        rng = random.Random(json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str))
+        for step in range(1, cfg.steps + 1):
+            rd.append_metrics({"step": step, "reward_mean": rng.random(), "accuracy": rng.random()})
+        rd.final.mkdir(parents=True, exist_ok=True)
+        (rd.final / "config.json").write_text("{}")
+        (rd.final / "model.safetensors").write_text(str(rng.random()))
+        return rd.path
+
+    def evaluate(suite, *, ckpt, out, **kw):
+        run = ckpt.rpartition(":")[0]
+        value = random.Random((Path(run) / "checkpoints" / "final" / "model.safetensors").read_text()).random()
+        protocol = dict(metric="pass@1", temperature=0.0, top_p=1.0, top_k=0, n=1, seed=0, max_new_tokens=4, grader="verify")
+        bench = {"value": value, "metric": "pass@1", "label": "Toy", "stderr": 0.1, "protocol": protocol}
+        doc = {"suite": "toy", "benchmarks": {"toy": bench}, "avg": {"value": value}}
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "results.json").write_text(json.dumps(doc))
+        return doc, Path(out) / "results.json"
+
+    monkeypatch.setattr(sweep, "train", train)
+    monkeypatch.setattr(sweep, "evaluate", evaluate)
+
+
+@pytest.mark.parametrize("trainer", ["stub", pytest.param("real", marks=pytest.mark.slow)])
+def test_cli_training_sweeps(toy, tmp_path, monkeypatch, trainer):
+    """Every training sweep from the CLI: the variants of its options, their tables, a rerun
+    that reuses runs and evaluations, a bad option in one line. On the stub trainer in the
+    default suite; the real training (tiny model, one step) with `just test-slow`."""
+    if trainer == "stub":
+        _stub_trainer(monkeypatch)
     suite = tmp_path / "toy.toml"
     suite.write_text(SUITE)
     text, res, out = _sweep("layers", tmp_path, suite, "--range", "early", "--range", "late,all", "--no-baseline")

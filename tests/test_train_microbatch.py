@@ -61,7 +61,7 @@ def _seqs(V: int, n_prompts: int = 3, group: int = 8, seed: int = 0) -> list[Tra
 
 
 def _update(model, tok, seqs, order: str, **kw):
-    kw.setdefault("pack", False)  # the padded micro-batches (tests/test_train_packing_on_cpu.py: packed)
+    kw.setdefault("pack", False)  # the padded micro-batches (tests/test_train_packing.py: packed)
     cfg = resolve_config(model="tiny-qwen3", micro_batch=5, micro_order=order, log_samples=4, progress=False, **kw)
     model.zero_grad(set_to_none=True)
     up = PolicyUpdate(cfg, GradEngine(model), None, tok, world=1, seqs_per_mini=len(seqs) // cfg.mini_batches,

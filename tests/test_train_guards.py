@@ -1,12 +1,12 @@
 """Issue 12: options that accept nonsense, non-finite updates, damaged checkpoints and the dual
-clip, on the tiny model and the toy task of test_train_on_cpu."""
+clip, on the tiny model and the toy task of test_train_loop."""
 
 import json
 import shutil
 
 import pytest
 import torch
-from test_train_on_cpu import _metrics, _run, _weights
+from test_train_loop import _metrics, _run, _weights
 from typer.testing import CliRunner
 
 from ftcli import grpo

@@ -152,3 +152,24 @@ def test_ft_data_check_reports_a_mismatch(tmp_path):
 @pytest.fixture(autouse=True)
 def _fresh_loading_cache(monkeypatch):
     monkeypatch.setattr(loading, "_CACHE", dict(loading._CACHE))
+
+
+@pytest.mark.parametrize("name", ["countdown", "gsm8k", "math500", "crossthinkqa"])
+def test_grade_is_the_one_verdict_and_reward(name):
+    """The Task protocol's `grade` carries what `verify` and `reward` say (the trainer and
+    `ft eval` make one grading call per response)."""
+    from ftcli.tasks import get_task
+
+    task = get_task(name)
+    samples = {
+        "countdown": {"id": 0, "question": "q", "answer": "", "numbers": [3, 4], "target": 7},
+        "gsm8k": {"id": 0, "question": "q", "answer": "7"},
+        "math500": {"id": 0, "question": "q", "answer": "7"},
+        "crossthinkqa": {"id": 0, "question": "q", "answer": "B", "options": ["x", "y"]},
+    }
+    responses = ["<answer>3 + 4</answer>", "<answer>3 * 4</answer>", "The answer is 7. \\boxed{7}",
+                 "\\boxed{B}", "\\boxed{A}", "nothing"]
+    for r in responses:
+        g = task.grade(r, samples[name])
+        assert {"extracted", "correct", "reward"} <= set(g)
+        assert g["correct"] == task.verify(r, samples[name]) and g["reward"] == task.reward(r, samples[name])

@@ -64,6 +64,7 @@ def test_grade_uses_last_boxed_and_reports_both_graders():
         "math_verify": True,
         "sympy": True,
         "correct": True,
+        "reward": 1.0,
         "timeouts": {},
     }
     assert task.verify(response, sample) and task.reward(response, sample) == 1.0

@@ -43,14 +43,19 @@ TOY_TASK = textwrap.dedent(
             r2 = r.rstrip()
             return (len(r2) - 3, len(r2)) if len(r2) >= 3 else None
 
-        def reward(self, r, s):
+        def grade(self, r, s):
             self.calls += 1
             if self.interrupt_at_call is not None and self.calls >= self.interrupt_at_call:
                 raise KeyboardInterrupt
-            return sum(c.isdigit() for c in r) / max(len(r), 1)
+            frac = sum(c.isdigit() for c in r) / max(len(r), 1)
+            span = self.answer_span(r)
+            return {"extracted": r[span[0]:span[1]] if span else None, "correct": frac > 0.1, "reward": frac}
+
+        def reward(self, r, s):
+            return self.grade(r, s)["reward"]
 
         def verify(self, r, s):
-            return sum(c.isdigit() for c in r) / max(len(r), 1) > 0.1
+            return self.grade(r, s)["correct"]
     '''
 )
 _ns: dict = {}
@@ -208,9 +213,10 @@ def test_run_dir_resume_and_ctrl_c(tmp_path):
     hf = AutoModelForCausalLM.from_pretrained(str(full / "checkpoints" / "final"))
     fw = _weights(full)
     assert all(torch.equal(v, fw[k]) for k, v in hf.state_dict().items() if k in fw)
-    # interrupted during step 3 (8 rewards per step): step 2 is saved, then the error surfaces
+    # interrupted during step 3 (one grade per rollout: 8 per step, 4 per validation): step 2
+    # is saved, then the error surfaces
     with pytest.raises(KeyboardInterrupt):
-        _run(tmp_path, "cut", task=ToyTask(interrupt_at_call=8 * 2 + 3), credit="flow", steps=4,
+        _run(tmp_path, "cut", task=ToyTask(interrupt_at_call=4 + 8 * 2 + 4 + 3), credit="flow", steps=4,
              save_every=0, val_every=2, val_size=4, warmup_steps=3)
     cut = tmp_path / "cut"
     assert [p.name for p in (cut / "checkpoints").iterdir() if p.name.startswith("step")] == ["step_000002"]
@@ -357,10 +363,11 @@ def test_two_process_zero2_identical_weights(tmp_path):
 
 
 def test_resume_without_checkpoint_starts_over_cleanly(tmp_path):
-    """Interrupted before any checkpoint: --resume starts from step 0 and the log holds one
-    step-0 validation, not the old one plus a new one."""
+    """Interrupted before any checkpoint (in step 1, after the 4 grades of the step-0
+    validation): --resume starts from step 0 and the log holds one step-0 validation, not the
+    old one plus a new one."""
     with pytest.raises(KeyboardInterrupt):
-        _run(tmp_path, "r", task=ToyTask(interrupt_at_call=3), credit="none", steps=2, save_every=0,
+        _run(tmp_path, "r", task=ToyTask(interrupt_at_call=4 + 3), credit="none", steps=2, save_every=0,
              val_every=2, val_size=4)
     assert [r["step"] for r in _metrics(tmp_path / "r")] == [0]
     _run(tmp_path, "r", resume=True, credit="none", steps=2, save_every=0, val_every=2, val_size=4)

@@ -5,7 +5,7 @@ tiny model, to float tolerance), and computes fewer slots."""
 
 import pytest
 import torch
-from test_train_microbatch_on_cpu import _realistic_step, _seqs, _update
+from test_train_microbatch import _realistic_step, _seqs, _update
 
 from ftcli.attention import capture_attention, mean_attention
 from ftcli.credit import CreditInputs, CreditOptions, compute_credit, get_rule

@@ -168,7 +168,9 @@ class FakeTask:
 
     def grade(self, r, s):
         c = r[:1]
-        return {"math_verify": "a" <= c <= "m", "sympy": "a" <= c <= "z", "extracted": c or None}
+        ok = "a" <= c <= "m"
+        return {"math_verify": ok, "sympy": "a" <= c <= "z", "extracted": c or None, "correct": ok,
+                "reward": float(ok)}
 
     def verify(self, r, s):
         return self.grade(r, s)["math_verify"]
@@ -357,20 +359,14 @@ def test_grade_sample_fallbacks():
 
     class OnlyCorrect:  # like gsm8k: grade() has no math_verify / sympy
         def grade(self, r, s):
-            return {"extracted": "4", "correct": True}
+            return {"extracted": "4", "correct": True, "reward": 1.0}
 
-        def reward(self, r, s):
-            return 1.0
-
-    class NoGrade:  # verify + answer_span only
-        def verify(self, r, s):
-            return False
+    class NoExtracted:  # grade() names no answer: the answer span's text is recorded
+        def grade(self, r, s):
+            return {"extracted": None, "correct": False, "reward": 0.1}
 
         def answer_span(self, r):
             return (2, 3)
-
-        def reward(self, r, s):
-            return 0.1
 
     class Crashes(OnlyCorrect):
         def grade(self, r, s):
@@ -379,7 +375,7 @@ def test_grade_sample_fallbacks():
     g = ev.grade_sample(OnlyCorrect(), b, "= 4", {})
     assert g["correct"] is True and g["verdicts"] == {"verify": True} and g["extracted"] == "4"
     assert ev.grader_names(OnlyCorrect(), b, {}) == ("verify", None)
-    g = ev.grade_sample(NoGrade(), b, "= 4", {})
+    g = ev.grade_sample(NoExtracted(), b, "= 4", {})
     assert (g["correct"], g["extracted"], g["reward"]) == (False, "4", 0.1)
     g = ev.grade_sample(Crashes(), b, "x", {})
     assert g["correct"] is False and "boom" in g["grade_error"]
