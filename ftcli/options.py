@@ -51,14 +51,21 @@ def describe_rules(summaries: bool = False) -> str:
 
 def option(default, help: str, panel: str | None = None, cli: bool = True, choices=None, *,
            flags: tuple[str, ...] = (), min=None, max=None, gt=None, lt=None, why: str | None = None,
-           default_factory=None, toggle: bool = True):
+           default_factory=None, toggle: bool = True, argument: bool = False, callback=None,
+           cli_range: bool = True, typer_kw: dict | None = None):
     """A dataclass field with CLI metadata: `help`, `panel` (rich help panel), `cli` (False:
     not an option), `choices` (the allowed values), extra `flags` (e.g. ("-m",)), numeric
     limits `min` / `max` (inclusive) and `gt` / `lt` (exclusive), `why` (said when a value is
     out of range), and for a bool `toggle` (True: `--x/--no-x`; False: a plain `--x` flag).
-    `check_limits` enforces the limits and the choices; a float must also be finite."""
+    `check_limits` enforces the limits and the choices; a float must also be finite.
+
+    `argument`: a positional CLI argument (default `...`: required); `callback`: typer's
+    `callback=` (parses or normalises the value); `cli_range` (False: `min` / `max` are left to
+    `check_limits`, a one-line error, not given to the parser); `typer_kw`: other keyword
+    arguments of `typer.Option` (`show_default`, `hidden`, `exists`, `dir_okay`, ...)."""
     meta = {"help": help, "panel": panel, "cli": cli, "choices": choices, "flags": flags, "min": min, "max": max,
-            "gt": gt, "lt": lt, "why": why, "toggle": toggle}
+            "gt": gt, "lt": lt, "why": why, "toggle": toggle, "argument": argument, "callback": callback,
+            "cli_range": cli_range, "typer_kw": typer_kw or {}}
     if default_factory is not None:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -85,17 +92,22 @@ def check_limits(obj) -> None:
     naming the option (`--group-size must be >= 2 (got 1): ...`, `--select must be one of
     top, bottom (got 'middle')`)."""
     for f in fields(obj):
-        v, meta = getattr(obj, f.name), f.metadata
-        if v is not None and meta.get("choices") and v not in meta["choices"]:
-            raise ValueError(f"{option_flag(f.name)} must be one of {', '.join(map(str, meta['choices']))} (got {v!r})")
-        if v is None or isinstance(v, bool) or not isinstance(v, (int, float)):
-            continue
-        ok = not isinstance(v, float) or math.isfinite(v)
-        ok = ok and (meta.get("min") is None or v >= meta["min"]) and (meta.get("max") is None or v <= meta["max"])
-        ok = ok and (meta.get("gt") is None or v > meta["gt"]) and (meta.get("lt") is None or v < meta["lt"])
-        if not ok:
-            rng = describe_limits(meta)
-            if isinstance(v, float) and rng != "finite":
-                rng += ", finite"
-            why = f": {meta['why']}" if meta.get("why") else ""
-            raise ValueError(f"{option_flag(f.name)} must be {rng} (got {v}){why}")
+        check_field(f, getattr(obj, f.name))
+
+
+def check_field(f, v) -> None:
+    """`check_limits` for one value `v` of dataclass field `f`."""
+    meta = f.metadata
+    if v is not None and meta.get("choices") and v not in meta["choices"]:
+        raise ValueError(f"{option_flag(f.name)} must be one of {', '.join(map(str, meta['choices']))} (got {v!r})")
+    if v is None or isinstance(v, bool) or not isinstance(v, (int, float)):
+        return
+    ok = not isinstance(v, float) or math.isfinite(v)
+    ok = ok and (meta.get("min") is None or v >= meta["min"]) and (meta.get("max") is None or v <= meta["max"])
+    ok = ok and (meta.get("gt") is None or v > meta["gt"]) and (meta.get("lt") is None or v < meta["lt"])
+    if not ok:
+        rng = describe_limits(meta)
+        if isinstance(v, float) and rng != "finite":
+            rng += ", finite"
+        why = f": {meta['why']}" if meta.get("why") else ""
+        raise ValueError(f"{option_flag(f.name)} must be {rng} (got {v}){why}")

@@ -74,3 +74,59 @@ def test_ft_sft_rejects_an_unknown_choice_in_one_line(tmp_path: Path):
     assert res.exit_code == 1
     assert "Error: --size must be one of micro, tiny, small, base (got 'huge')" in res.output
     assert not (tmp_path / "p").exists()
+
+
+# the generator itself is the one place that calls typer.Option / typer.Argument
+HAND_WRITTEN_ALLOWED = {"options.py": "the generator (`dataclass_params`)"}
+
+
+def test_no_command_declares_typer_options_by_hand():
+    import re
+
+    import ftcli.commands
+
+    found = []
+    for path in sorted(Path(ftcli.commands.__file__).parent.glob("*.py")):
+        if path.name in HAND_WRITTEN_ALLOWED:
+            continue
+        text = path.read_text(encoding="utf-8")
+        found += [f"{path.name}: {m.group(0)}" for m in re.finditer(r"typer\.(Option|Argument)\(", text)]
+    assert not found, f"declare these as dataclass fields with ftcli.options.option(...): {found}"
+
+
+@dataclass
+class _Args:
+    name: str = option(..., "A required argument.", argument=True)
+    extra: list[str] | None = option(None, "More arguments.", argument=True)
+    level: str = option("low", "Upper-cased by a callback.", callback=lambda v: v.upper())
+    top: int = option(8, "Checked after parsing.", min=0, cli_range=False)
+
+
+def test_generator_arguments_callbacks_and_check_only_limits():
+    import typer
+
+    seen = {}
+    app = typer.Typer()
+    app.command()(command(dataclass_params(_Args), lambda kw: seen.update(opts=build(_Args, kw))))
+    app.command("other")(lambda: None)
+    res = CliRunner().invoke(app, ["cmd", "x", "y", "z", "--level", "high"])
+    assert res.exit_code == 0, res.output
+    assert (seen["opts"].name, seen["opts"].extra, seen["opts"].level) == ("x", ["y", "z"], "HIGH")
+    res = CliRunner().invoke(app, ["cmd"])
+    assert res.exit_code == 2  # NAME is required
+    res = CliRunner().invoke(app, ["cmd", "x", "--top", "-1"])  # the parser leaves the range to check_limits
+    assert res.exit_code == 1 and str(res.exception) == "--top must be >= 0 (got -1)"
+
+
+def test_parse_field_reads_by_type_and_checks_limits():
+    from ftcli.commands.options import parse_field
+
+    assert parse_field(_Opts, "n", " 3") == 3 and parse_field(_Opts, "ratio", "0.25") == 0.25
+    assert parse_field(_Opts, "check", "off") is False and parse_field(_Opts, "widths", "1,2") == (1, 2)
+    assert parse_field(_Opts, "mode", "slow") == "slow"
+    with pytest.raises(ValueError, match=r"^--mode must be one of fast, slow"):
+        parse_field(_Opts, "mode", "medium")
+    with pytest.raises(ValueError, match=r"^--n must be >= 1 \(got 0\)$"):
+        parse_field(_Opts, "n", "0")
+    with pytest.raises(ValueError, match=r"^--n: 'x' is not a valid integer"):
+        parse_field(_Opts, "n", "x")

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import inspect
 import re
-import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
-from ftcli.commands.options import build, command, dataclass_params, split_list
+from ftcli.commands.options import build, command, dataclass_params, parse_field, split_list
 from ftcli.experiments.config import (
     INTERVENE_PROTOCOL,
     InterveneConfig,
@@ -81,8 +80,8 @@ def _out(out: Path | None, name: str) -> str:
 
 
 def _parse_set(items: list[str] | None) -> dict:
-    """--set KEY=VALUE -> TrainConfig overrides, typed by the field."""
-    hints = typing.get_type_hints(TrainConfig)
+    """--set KEY=VALUE -> TrainConfig overrides, read by the field's type and checked against
+    its choices and limits (`parse_field`, the generated options' reading)."""
     names = {f.name for f in fields(TrainConfig)}
     out = {}
     for item in items or []:
@@ -90,15 +89,10 @@ def _parse_set(items: list[str] | None) -> dict:
         key = key.strip().lstrip("-").replace("-", "_")
         if not eq or key not in names:
             raise typer.BadParameter(f"--set {item!r}: expected KEY=VALUE with KEY an `ft train` option")
-        tp = hints[key]
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        base = args[0] if args else tp
-        if base is bool:
-            out[key] = val.strip().lower() in ("1", "true", "yes", "on")
-        elif base in (int, float):
-            out[key] = base(val)
-        else:
-            out[key] = val
+        try:
+            out[key] = parse_field(TrainConfig, key, val)
+        except ValueError as e:
+            raise typer.BadParameter(f"--set {item!r}: {e}") from None
     return out
 
 

@@ -5,30 +5,60 @@ ft data fetch --all --from /mnt/mirror  # an offline mirror laid out like the da
 ft data check                           # per file: verified / missing / corrupt; every row
 ft data show math500 --limit 2          # formatted prompts with their golds
 
-`DataRootOption` and `resolve_data_root` are the one `--data-root` option and resolution
-order (option, then $FT_DATA, then the data cache) for every command that reads data.
+`DataRootOptions` (its options: `data_root_params()`) and `resolve_data_root` are the one
+`--data-root` option and resolution order (option, then $FT_DATA, then the data cache) for every command that reads data.
 """
 
 from __future__ import annotations
 
+import inspect
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 
+from ftcli.commands.options import build, command, dataclass_params
 from ftcli.config import data_cache, data_mirror, resolve_data_root
+from ftcli.options import option
 
-__all__ = ["DataRootOption", "resolve_data_root", "register"]
+__all__ = ["DataRootOptions", "data_root_params", "resolve_data_root", "register"]
 
-DataRootOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-root",
-        help="Folder with the benchmark files, laid out like the data cache (default: "
+
+@dataclass
+class DataRootOptions:
+    """The one `--data-root` option of every command that reads benchmark data."""
+
+    data_root: Path | None = option(
+        None, "Folder with the benchmark files, laid out like the data cache (default: "
         "$FT_DATA, else the data cache $FT_CACHE/data, filled by `ft data fetch`).",
-        show_default=False,
-    ),
-]
+        typer_kw={"show_default": False})
+
+
+def data_root_params() -> list[inspect.Parameter]:
+    """`--data-root`, for a command's generated signature (`ftcli.commands.options.command`)."""
+    return dataclass_params(DataRootOptions)
+
+
+@dataclass
+class FetchOptions:
+    """`ft data fetch`."""
+
+    names: list[str] | None = option(None, "Task names (aime24, countdown, ...) or paths.", argument=True)
+    all_: bool = option(False, "Every file of the registry.", toggle=False)
+    from_: str | None = option(
+        None, "A mirror: folder or http(s) base URL laid out like the data root "
+        "(default: $FT_DATA_MIRROR, else each file's pinned upstream URL).",
+        typer_kw={"show_default": False})
+
+
+@dataclass
+class ShowOptions:
+    """`ft data show` (and `--data-root`)."""
+
+    task: str = option(..., "Task name (see `ft data check` for the list).", argument=True)
+    split: str = option("test", "train | validation | test")
+    limit: int = option(3, "How many samples to print.", flags=("-n",), min=1)
 
 data_app = typer.Typer(
     help="Benchmark data: fetch it, check it, show prompts and golds.\n\n"
@@ -55,18 +85,7 @@ def _task(name: str, data_root: Path | None):
 # ---------------------------------------------------------------------------------------------
 # fetch
 # ---------------------------------------------------------------------------------------------
-@data_app.command("fetch")
-def fetch_cmd(
-    names: list[str] = typer.Argument(None, help="Task names (aime24, countdown, ...) or paths."),
-    all_files: bool = typer.Option(False, "--all", help="Every file of the registry."),
-    source: str | None = typer.Option(
-        None,
-        "--from",
-        help="A mirror: folder or http(s) base URL laid out like the data root "
-        "(default: $FT_DATA_MIRROR, else each file's pinned upstream URL).",
-        show_default=False,
-    ),
-) -> None:
+def fetch_cmd(kw: dict) -> None:
     """Download benchmark files into the data cache, checking each file's sha256.
 
     Files already there and verified are skipped; an interrupted fetch resumes; a file whose
@@ -83,8 +102,9 @@ def fetch_cmd(
     """
     from ftcli.fetch.data import fetch, select
 
-    sources = select(names or [], all_files=all_files)
-    mirror = source or data_mirror()
+    opts = build(FetchOptions, kw)
+    sources = select(opts.names or [], all_files=opts.all_)
+    mirror = opts.from_ or data_mirror()
     dest = data_cache()
 
     def report(src, status):
@@ -94,16 +114,13 @@ def fetch_cmd(
     typer.echo(f"{len(sources)} file(s) verified in {dest}")
 
 
+data_app.command("fetch")(command(dataclass_params(FetchOptions), fetch_cmd))
+
+
 # ---------------------------------------------------------------------------------------------
 # show
 # ---------------------------------------------------------------------------------------------
-@data_app.command("show")
-def show(
-    task: str = typer.Argument(..., help="Task name (see `ft data check` for the list)."),
-    split: str = typer.Option("test", help="train | validation | test"),
-    limit: int = typer.Option(3, "--limit", "-n", min=1, help="How many samples to print."),
-    data_root: DataRootOption = None,
-) -> None:
+def show(kw: dict) -> None:
     """Print the chat prompts of the first samples, with their gold answers.
 
     Examples:
@@ -112,10 +129,14 @@ def show(
 
       ft data show countdown --split train
     """
-    t = _task(task, data_root)
-    samples = t.load(split)
-    for i, sample in enumerate(samples[:limit]):
-        typer.echo(_format_sample(t, sample, f"{task} {split} [{i + 1}/{len(samples)}]"))
+    o, data_root = build(ShowOptions, kw), build(DataRootOptions, kw).data_root
+    t = _task(o.task, data_root)
+    samples = t.load(o.split)
+    for i, sample in enumerate(samples[:o.limit]):
+        typer.echo(_format_sample(t, sample, f"{o.task} {o.split} [{i + 1}/{len(samples)}]"))
+
+
+data_app.command("show")(command([*dataclass_params(ShowOptions), *data_root_params()], show))
 
 
 def _format_sample(task: Any, sample: dict, title: str) -> str:
@@ -135,8 +156,7 @@ def _format_sample(task: Any, sample: dict, title: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # check
 # ---------------------------------------------------------------------------------------------
-@data_app.command("check")
-def check(data_root: DataRootOption = None) -> None:
+def check(kw: dict) -> None:
     """Check every benchmark file (verified / missing / corrupt) and every row of every task.
 
     A file is verified when its size and sha256 match the registry (tasks/sources.toml).
@@ -153,6 +173,7 @@ def check(data_root: DataRootOption = None) -> None:
     from ftcli.fetch.data import file_status, registry
     from ftcli.tasks import list_tasks
 
+    data_root = build(DataRootOptions, kw).data_root
     root = resolve_data_root(data_root)
     typer.echo(f"data root: {root}")
     problems = 0
@@ -225,3 +246,6 @@ def _check_task(task: Any, status: dict[str, str]) -> tuple[list[str], int]:
         for split, n in counts.items()
     ]
     return rows, bad
+
+
+data_app.command("check")(command(data_root_params(), check))

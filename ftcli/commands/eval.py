@@ -6,6 +6,7 @@ sub-command is taken as a suite).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -14,9 +15,11 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
 
-from ftcli.commands.data import DataRootOption
+from ftcli.commands.data import DataRootOptions, data_root_params
+from ftcli.commands.options import build, command, dataclass_params
 from ftcli.evaluation.suites import list_suites, load_suite
 from ftcli.fetch.models import torch_dtype
+from ftcli.options import option
 from ftcli.progress import progress_bar
 
 EPILOG = """Examples:
@@ -56,27 +59,38 @@ eval_app = typer.Typer(
 )
 
 
-@eval_app.command("run", epilog=EPILOG)
-def run(
-    suite: str = typer.Argument(..., help="Suite name (`ft eval list`) or a path to a suite .toml."),
-    ckpt: str = typer.Option(None, "--ckpt", "-c", help="runs/x (final checkpoint), runs/x:best (best val_accuracy), runs/x:step_N, or a model folder."),
-    model: str = typer.Option(None, "--model", "-m", help="Alias, local path or hub id (default model if neither --ckpt nor --model); with --ckpt, the tokenizer source when the checkpoint has none."),
-    limit: int = typer.Option(None, "--limit", min=1, help="Only the first N problems of each benchmark."),
-    out: Path = typer.Option(None, "--out", "-o", help="Output folder (default: <run>/eval/<suite>, or runs/eval/<model>/<suite>)."),
-    n: int = typer.Option(None, "--n", min=1, help="Samples per problem (avg@k / maj@k follow n)."),
-    max_new_tokens: int = typer.Option(None, "--max-new-tokens", min=1, help="Response token budget."),
-    temperature: float = typer.Option(None, "--temperature", "-T", min=0.0, help="0 = greedy."),
-    top_p: float = typer.Option(None, "--top-p", min=0.0, max=1.0),
-    top_k: int = typer.Option(None, "--top-k", min=0, help="0 = off."),
-    seed: int = typer.Option(None, "--seed", help="Sampling seed (suite default: 0)."),
-    batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Sequences per generate call."),
-    backend: str = typer.Option("hf", "--backend", help="hf (CPU/GPU) or vllm (one in-process vLLM engine, up to 512 problems per call; GPU: the package's gpu extra, CPU: the venv of `just vllm-setup`)."),
-    device: str = typer.Option(None, "--device", help="cpu / cuda (default: cuda when available)."),
-    dtype: str = typer.Option(None, "--dtype", help="fp32 / bf16 / fp16 (default: bf16 on cuda, fp32 on cpu)."),
-    extraction: str = typer.Option(None, "--extraction", help="Math tasks' answer extraction: boxed (the paper's protocol; suite default) or boxed-or-last-math (the field's fallback: without a \\boxed{}, the last math expression). Named in every result's protocol line."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
-    data_root: DataRootOption = None,
-):
+@dataclass
+class EvalRunOptions:
+    """`ft eval run`'s options (and `--data-root`)."""
+
+    suite: str = option(..., "Suite name (`ft eval list`) or a path to a suite .toml.", argument=True)
+    ckpt: str | None = option(None, "runs/x (final checkpoint), runs/x:best (best val_accuracy), runs/x:step_N, or a model folder.", flags=("-c",))
+    model: str | None = option(None, "Alias, local path or hub id (default model if neither --ckpt nor --model); with --ckpt, the tokenizer source when the checkpoint has none.", flags=("-m",))
+    limit: int | None = option(None, "Only the first N problems of each benchmark.", min=1)
+    out: Path | None = option(None, "Output folder (default: <run>/eval/<suite>, or runs/eval/<model>/<suite>).", flags=("-o",))
+    n: int | None = option(None, "Samples per problem (avg@k / maj@k follow n).", min=1)
+    max_new_tokens: int | None = option(None, "Response token budget.", min=1)
+    temperature: float | None = option(None, "0 = greedy.", flags=("-T",), min=0.0)
+    top_p: float | None = option(None, "", min=0.0, max=1.0)
+    top_k: int | None = option(None, "0 = off.", min=0)
+    seed: int | None = option(None, "Sampling seed (suite default: 0).")
+    batch_size: int = option(16, "Sequences per generate call.", flags=("-b",), min=1)
+    backend: str = option("hf", "hf (CPU/GPU) or vllm (one in-process vLLM engine, up to 512 problems per call; GPU: the package's gpu extra, CPU: the venv of `just vllm-setup`).")
+    device: str | None = option(None, "cpu / cuda (default: cuda when available).")
+    dtype: str | None = option(None, "fp32 / bf16 / fp16 (default: bf16 on cuda, fp32 on cpu).")
+    extraction: str | None = option(None, "Math tasks' answer extraction: boxed (the paper's protocol; suite default) or boxed-or-last-math (the field's fallback: without a \\boxed{}, the last math expression). Named in every result's protocol line.")
+    quiet: bool = option(False, "No progress bar.", flags=("-q",), toggle=False)
+
+
+@dataclass
+class EvalCompareOptions:
+    """`ft eval compare`'s two runs."""
+
+    a: str = option(..., "Run (runs/a, runs/a:best), eval folder or results.json.", argument=True)
+    b: str = option(..., "The other one; Δ = B - A.", argument=True)
+
+
+def run(kw: dict):
     """Evaluate on SUITE; writes samples.jsonl and results.json (resumes if interrupted).
 
     Benchmark files come from --data-root, else $FT_DATA, else the data cache (a missing file
@@ -87,6 +101,8 @@ def run(
         results_table,
     )
 
+    o, data_root = build(EvalRunOptions, kw), build(DataRootOptions, kw).data_root
+    suite, device, dtype = o.suite, o.device, o.dtype
     load_suite(suite)  # fail fast on an unknown suite (lists the known ones)
     torch_dtype(dtype)  # and on an unknown --dtype (one line listing the choices)
     if device is None:
@@ -96,27 +112,25 @@ def run(
     if dtype is None and device.startswith("cuda"):
         dtype = "bf16"
     console = Console()
-    overrides = dict(n=n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                     top_k=top_k, seed=seed, extraction=extraction)
-    with progress_bar("{task.description}", "samples", console=console, disable=quiet) as prog:
-        doc, path = evaluate(suite, model=model, ckpt=ckpt, out=out, limit=limit, batch_size=batch_size,
-                             backend=backend, device=device, dtype=dtype, overrides=overrides,
+    overrides = dict(n=o.n, max_new_tokens=o.max_new_tokens, temperature=o.temperature, top_p=o.top_p,
+                     top_k=o.top_k, seed=o.seed, extraction=o.extraction)
+    with progress_bar("{task.description}", "samples", console=console, disable=o.quiet) as prog:
+        doc, path = evaluate(suite, model=o.model, ckpt=o.ckpt, out=o.out, limit=o.limit, batch_size=o.batch_size,
+                             backend=o.backend, device=device, dtype=dtype, overrides=overrides,
                              progress=prog, data_root=data_root)
     console.print(results_table([(doc["model"], doc["benchmarks"])], title=f"ft eval {doc['suite']}"))
     console.print(f"wrote {path} (samples beside it)")
 
 
-@eval_app.command("compare")
-def compare(
-    a: str = typer.Argument(..., help="Run (runs/a, runs/a:best), eval folder or results.json."),
-    b: str = typer.Argument(..., help="The other one; Δ = B - A."),
-):
+def compare(kw: dict):
     """Print two runs' eval results side by side with deltas (common benchmarks)."""
     from ftcli.evaluation.benchmarks import (  # imported here: `ft --help` stays fast
         collect_results,
         results_table,
     )
 
+    o = build(EvalCompareOptions, kw)
+    a, b = o.a, o.b
     la, ra = collect_results(a)
     lb, rb = collect_results(b)
     if la == lb:
@@ -124,7 +138,6 @@ def compare(
     Console().print(results_table([(la, ra), (lb, rb)], title="ft eval compare", delta=True))
 
 
-@eval_app.command("list")
 def list_cmd():
     """List the suites (benchmarks with their protocol, then groups)."""
     from ftcli.evaluation.benchmarks import protocol_str  # imported here: `ft --help` stays fast
@@ -142,6 +155,11 @@ def list_cmd():
                      seed=b.seed, max_new_tokens=b.max_new_tokens, grader=b.grader)
             t.add_row(name, f"{b.task}/{b.split} · {protocol_str(p)}")
     Console().print(t)
+
+
+eval_app.command("run", epilog=EPILOG)(command([*dataclass_params(EvalRunOptions), *data_root_params()], run))
+eval_app.command("compare")(command(dataclass_params(EvalCompareOptions), compare))
+eval_app.command("list")(list_cmd)
 
 
 def register(app: typer.Typer) -> None:

@@ -8,9 +8,10 @@ import typing
 from dataclasses import MISSING, fields
 from typing import Optional
 
+import click
 import typer
 
-from ftcli.options import check_limits, option_flag
+from ftcli.options import check_field, check_limits, option_flag
 
 KW = inspect.Parameter.KEYWORD_ONLY
 
@@ -60,6 +61,9 @@ def dataclass_params(cls, *, only: tuple[str, ...] | None = None, defaults: dict
     `ftcli.options.option`; `only`: just these), in field order; the one place where options
     become flags. A tuple field is a comma list.
 
+    A field declared with `argument=True` is a positional argument; its `callback` and
+    `typer_kw` go to typer as they are.
+
     `defaults`: CLI defaults other than the fields'; `panel`: one help panel for all (else each
     field's); `flags`: extra flags by field name; `unset`: every option defaults to None (not
     given: the command fills in a preset or the field's default later; the limits are then
@@ -84,10 +88,16 @@ def dataclass_params(cls, *, only: tuple[str, ...] | None = None, defaults: dict
         extra = (*meta.get("flags", ()), *(flags or {}).get(f.name, ()))
         toggle = tp is bool and meta.get("toggle", True)
         decl = [f"{flag}/--no-{flag[2:]}"] if toggle else [flag, *extra]
-        limits = {} if unset else {k: meta[k] for k in ("min", "max") if meta.get(k) is not None}
+        cli_range = not unset and meta.get("cli_range", True)
+        limits = {k: meta[k] for k in ("min", "max") if cli_range and meta.get(k) is not None}
+        kw = {**({"show_default": False} if unset else {}), **limits, **meta.get("typer_kw", {})}
+        if meta.get("callback") is not None:
+            kw["callback"] = meta["callback"]
         ann = Optional[tp] if default is None else tp  # noqa: UP045 - typer needs a real typing object
-        opt = typer.Option(default, *decl, help=help_, rich_help_panel=panel or meta.get("panel"),
-                           **({"show_default": False} if unset else {}), **limits)
+        if meta.get("argument"):
+            opt = typer.Argument(default, help=help_, **kw)
+        else:
+            opt = typer.Option(default, *decl, help=help_, rich_help_panel=panel or meta.get("panel"), **kw)
         out.append(param(f.name, ann, opt))
     return out
 
@@ -99,9 +109,30 @@ def command(params: list[inspect.Parameter], fn):
     def cmd(**kw):
         return fn(kw)
 
+    cmd.__doc__ = fn.__doc__  # the command's help, when registration gives none
     cmd.__signature__ = inspect.Signature(params)
     cmd.__annotations__ = {p.name: p.annotation for p in params}
     return cmd
+
+
+def parse_field(cls, name: str, text: str):
+    """The value of field `name` of dataclass `cls` from a string (e.g. `--set KEY=VALUE`), by
+    the field's type as the generated option reads it (a bool: 1/true/yes/on or 0/false/no/off;
+    a tuple: a comma list), with its choices and limits checked (`check_limits`'s one line).
+    Raises ValueError."""
+    f = next((f for f in fields(cls) if f.name == name), None)
+    if f is None:
+        raise ValueError(f"{cls.__name__} has no field {name!r}")
+    tp = _base_type(typing.get_type_hints(cls)[name])
+    if typing.get_origin(tp) is tuple:
+        return tuple(split_list(text, typing.get_args(tp)[0]))
+    conv = {bool: click.BOOL, int: click.INT, float: click.FLOAT}.get(tp)
+    try:
+        value = conv.convert(text.strip(), None, None) if conv is not None else text
+    except click.BadParameter as e:
+        raise ValueError(f"{option_flag(name)}: {e.message}") from None
+    check_field(f, value)
+    return value
 
 
 def build(cls, kw: dict, **fixed):

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
-import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
+from ftcli.commands.options import build, command, dataclass_params
 from ftcli.fetch.models import DEFAULT_MODEL, load_model
 from ftcli.io import atomic_write_text
-from ftcli.options import LAYERS_HELP
+from ftcli.options import LAYERS_HELP, option
 from ftcli.progress import progress_bar
 
 EPILOG = """Examples:
@@ -62,34 +63,30 @@ def _read_pairs(path: Path) -> tuple[list[tuple[str, str]], list[str]]:
     return pairs, names
 
 
-def _check_ranges(*, ratio: float, gamma: float, top_edges: int, max_tokens: int | None) -> None:
-    """The numeric options' ranges, one line each (before the model is loaded)."""
-    if not (math.isfinite(ratio) and 0.0 <= ratio <= 1.0):
-        raise ValueError(f"--ratio must be in [0, 1], finite (got {ratio})")
-    if not (math.isfinite(gamma) and gamma > 0):
-        raise ValueError(f"--gamma must be > 0, finite (got {gamma}): a weight <= 0 flips or removes the credited tokens' credit")
-    if top_edges < 0:
-        raise ValueError(f"--top-edges must be >= 0 (got {top_edges})")
-    if max_tokens is not None and max_tokens < 1:
-        raise ValueError(f"--max-tokens must be >= 1 (got {max_tokens})")
+@dataclass
+class ScoreOptions:
+    """`ft score`'s options (the numeric ranges are checked in one line each, before the model
+    is loaded)."""
+
+    prompt: str | None = option(None, "The user question (chat-formatted for the model).", flags=("-p",))
+    response: str | None = option(None, "The response to credit.", flags=("-r",))
+    input: Path | None = option(None, "JSONL file of {prompt, response} rows.", flags=("-i",),
+                                typer_kw={"exists": True, "dir_okay": False})
+    model: str = option(DEFAULT_MODEL, "Alias, local path or hub id.", flags=("-m",))
+    layers: str = option("mid", LAYERS_HELP)
+    ratio: float = option(0.4, "Fraction of response tokens selected.", min=0.0, max=1.0)
+    gamma: float = option(1.5, "Weight of the selected tokens.", gt=0,
+                          why="a weight <= 0 flips or removes the credited tokens' credit")
+    answer_pattern: str | None = option(None, "Regex for the answer span (group 1 if any); default: content of the last \\boxed{...}.")
+    top_edges: int = option(8, "How many backbone edges to list.", min=0, cli_range=False)
+    json_: Path | None = option(None, "Write tokens, offsets, h, f, tau, selected, weights here.")
+    html: Path | None = option(None, "Write a self-contained per-token heat map here.")
+    batch_size: int = option(4, "Pairs per forward pass.", min=1)
+    max_tokens: int | None = option(None, "Refuse a pair longer than this many tokens (chat template included), before any forward pass; default and maximum: the model's context.", min=1, cli_range=False)
+    quiet: bool = option(False, "No per-token view in the terminal.", flags=("-q",), toggle=False)
 
 
-def score(
-    prompt: str = typer.Option(None, "--prompt", "-p", help="The user question (chat-formatted for the model)."),
-    response: str = typer.Option(None, "--response", "-r", help="The response to credit."),
-    input: Path = typer.Option(None, "--input", "-i", help="JSONL file of {prompt, response} rows.", exists=True, dir_okay=False),
-    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Alias, local path or hub id."),
-    layers: str = typer.Option("mid", help=LAYERS_HELP),
-    ratio: float = typer.Option(0.4, min=0.0, max=1.0, help="Fraction of response tokens selected."),
-    gamma: float = typer.Option(1.5, help="Weight of the selected tokens."),
-    answer_pattern: str = typer.Option(None, help="Regex for the answer span (group 1 if any); default: content of the last \\boxed{...}."),
-    top_edges: int = typer.Option(8, help="How many backbone edges to list."),
-    json_out: Path = typer.Option(None, "--json", help="Write tokens, offsets, h, f, tau, selected, weights here."),
-    html_out: Path = typer.Option(None, "--html", help="Write a self-contained per-token heat map here."),
-    batch_size: int = typer.Option(4, min=1, help="Pairs per forward pass."),
-    max_tokens: int = typer.Option(None, "--max-tokens", help="Refuse a pair longer than this many tokens (chat template included), before any forward pass; default and maximum: the model's context."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-token view in the terminal."),
-):
+def score(kw: dict):
     """Compute FlowTracer token credit for responses and show it token by token."""
     from ftcli.score.pairs import score_pairs
     from ftcli.score.render import (  # imported here: `ft --help` stays fast
@@ -97,6 +94,7 @@ def score(
         render_terminal,
     )
 
+    prompt, response, input = kw["prompt"], kw["response"], kw["input"]
     if input is not None:
         if prompt is not None or response is not None:
             raise typer.BadParameter("give either --input or --prompt/--response, not both")
@@ -108,18 +106,20 @@ def score(
             if why := _utf8_error(text):
                 raise ValueError(f"{flag} is {why}")
         pairs, names = [(prompt, response)], ["--prompt/--response"]
-    _check_ranges(ratio=ratio, gamma=gamma, top_edges=top_edges, max_tokens=max_tokens)
+    o = build(ScoreOptions, kw)  # the ranges, one line each (before the model is loaded)
+    model, layers, ratio, gamma, answer_pattern = o.model, o.layers, o.ratio, o.gamma, o.answer_pattern
+    json_out, html_out = o.json_, o.html
     console = Console()
     mdl, tok = load_model(model)
     settings = {"model": model, "layers": layers, "ratio": ratio, "gamma": gamma, "answer_pattern": answer_pattern}
-    with progress_bar("scoring", console=console, transient=True, disable=len(pairs) <= batch_size) as prog:
+    with progress_bar("scoring", console=console, transient=True, disable=len(pairs) <= o.batch_size) as prog:
         task = prog.add_task("scoring", total=len(pairs))
         items = score_pairs(
             mdl, tok, pairs, layers=layers, ratio=ratio, gamma=gamma, answer_pattern=answer_pattern,
-            top_edges=top_edges, batch_size=batch_size, on_batch=lambda n: prog.advance(task, n),
-            max_tokens=max_tokens, names=names,
+            top_edges=o.top_edges, batch_size=o.batch_size, on_batch=lambda n: prog.advance(task, n),
+            max_tokens=o.max_tokens, names=names,
         )
-    if not quiet:
+    if not o.quiet:
         for n, item in enumerate(items):
             render_terminal(console, item, index=n if len(items) > 1 else None)
     n_fb = sum(it.fallback for it in items)
@@ -135,4 +135,4 @@ def score(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("score", epilog=EPILOG)(score)
+    app.command("score", epilog=EPILOG)(command(dataclass_params(ScoreOptions), score))

@@ -11,8 +11,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from ftcli.commands.data import DataRootOption
-from ftcli.commands.options import build, command, dataclass_params, param
+from ftcli.commands.data import DataRootOptions, data_root_params
+from ftcli.commands.options import build, command, dataclass_params
 from ftcli.options import option
 from ftcli.policy import PolicyRecipe
 from ftcli.train.tracking import create_tracker, report_to_callback
@@ -40,18 +40,18 @@ class SftOptions:
     threads: int = option(1, "torch threads (1 keeps the build bit-reproducible).", min=1)
     force: bool = option(False, "Replace an existing checkpoint in --out.", toggle=False)
     quiet: bool = option(False, "No progress bar.", flags=("-q",), toggle=False)
+    report_to: str = option(
+        "none", "Where to log the loss rows and the evaluation accuracies: none, tensorboard "
+        "(<out>-logs/tb), wandb (<out>-logs/wandb; offline without an API key), or a comma list.",
+        callback=report_to_callback)
 
 
 def _params() -> list[inspect.Parameter]:
     return [
         *dataclass_params(SftOptions, only=("out",)),
         *dataclass_params(PolicyRecipe),
-        param("data_root", DataRootOption, None),
-        *dataclass_params(SftOptions, only=("no_eval", "threads", "force", "quiet")),
-        param("report_to", str, typer.Option(
-            "none", "--report-to", callback=report_to_callback,
-            help="Where to log the loss rows and the evaluation accuracies: none, tensorboard "
-            "(<out>-logs/tb), wandb (<out>-logs/wandb; offline without an API key), or a comma list.")),
+        *data_root_params(),
+        *dataclass_params(SftOptions, only=("no_eval", "threads", "force", "quiet", "report_to")),
     ]
 
 
@@ -60,7 +60,7 @@ def sft(kw: dict) -> None:
     from ftcli.policy.recipe import build_policy  # imported here: ft --help stays fast
 
     opts = build(SftOptions, kw)
-    data_root, report_to = kw.pop("data_root"), kw.pop("report_to")
+    data_root, report_to = build(DataRootOptions, kw).data_root, opts.report_to
     recipe = build(PolicyRecipe, kw, data_root=str(data_root) if data_root else None)
     recipe = replace(recipe, warmup_steps=min(recipe.warmup_steps, recipe.steps))
     for t in recipe.eval_temperatures:

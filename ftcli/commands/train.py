@@ -9,15 +9,14 @@ from __future__ import annotations
 import inspect
 import json
 import os
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
 
-from ftcli.commands.options import command, dataclass_params, param
-from ftcli.options import describe_limits, describe_rules
+from ftcli.commands.options import build, command, dataclass_params
+from ftcli.options import describe_limits, describe_rules, option
 from ftcli.rundir import RunDir
 from ftcli.train.config import PRESETS, TrainConfig, resolve_config
 
@@ -60,35 +59,30 @@ def _default_note(f) -> str:
     return f"  (default: {default}" + (f"; paper: {paper}" if paper is not None else "") + (f"; {rng}" if rng else "") + ")"
 
 
+@dataclass
+class TrainRunOptions:
+    """`ft train`'s own options, beside TrainConfig's: the preset, resuming, the dry run."""
+
+    preset: str = option(
+        "cpu", f"Defaults for the options not given: {', '.join(PRESETS)} "
+        "(paper: global batch 512 = 64 prompts x 8, micro 32, lr 1e-6, T 0.99, top-k 100, 1K tokens).", "Run")
+    resume: bool = option(False, "Continue the run in --out from its newest checkpoint.", "Run", toggle=False)
+    dry_run: bool = option(
+        False, "Resolve every option, read the model's config (no weights) and print the "
+        "per-GPU memory plan (weights, gradients, optimizer state, activations, log-prob temporaries, the W "
+        "capture, the KV cache) with the micro-batch plan; warn on what does not fit; train nothing.",
+        "Dry run", toggle=False)
+    gpus: int | None = option(None, "GPUs (ranks) the dry run plans for (default: $WORLD_SIZE, else 1).", "Dry run", min=1)
+    gpu_memory_gb: float = option(80.0, "Memory of one GPU in GiB, for the dry run.", "Dry run", min=1.0)
+    prompt_tokens: int = option(256, "Prompt length the dry run assumes (responses at --max-new-tokens).", "Dry run", min=1)
+    local_rank: int | None = option(None, "Set by the deepspeed launcher.", flags=("--local_rank",),
+                                    typer_kw={"hidden": True})
+
+
 def _build_params() -> list[inspect.Parameter]:
     """The run's own options, then one per TrainConfig field (None = not given: the preset's
     value, then the field's default)."""
-    params = [
-        param("preset", str, typer.Option(
-            "cpu", "--preset", help=f"Defaults for the options not given: {', '.join(PRESETS)} "
-            "(paper: global batch 512 = 64 prompts x 8, micro 32, lr 1e-6, T 0.99, top-k 100, 1K tokens).",
-            rich_help_panel="Run")),
-        param("resume", bool, typer.Option(
-            False, "--resume", help="Continue the run in --out from its newest checkpoint.",
-            rich_help_panel="Run")),
-        param("dry_run", bool, typer.Option(
-            False, "--dry-run", help="Resolve every option, read the model's config (no weights) and print the "
-            "per-GPU memory plan (weights, gradients, optimizer state, activations, log-prob temporaries, the W "
-            "capture, the KV cache) with the micro-batch plan; warn on what does not fit; train nothing.",
-            rich_help_panel="Dry run")),
-        param("gpus", Optional[int], typer.Option(  # noqa: UP045
-            None, "--gpus", min=1, help="GPUs (ranks) the dry run plans for (default: $WORLD_SIZE, else 1).",
-            rich_help_panel="Dry run")),
-        param("gpu_memory_gb", float, typer.Option(
-            80.0, "--gpu-memory-gb", min=1.0, help="Memory of one GPU in GiB, for the dry run.",
-            rich_help_panel="Dry run")),
-        param("prompt_tokens", int, typer.Option(
-            256, "--prompt-tokens", min=1, help="Prompt length the dry run assumes (responses at --max-new-tokens).",
-            rich_help_panel="Dry run")),
-        param("local_rank", Optional[int], typer.Option(  # noqa: UP045
-            None, "--local_rank", "--local-rank", hidden=True, help="Set by the deepspeed launcher.")),
-    ]
-    return params + dataclass_params(TrainConfig, unset=True, note=_default_note)
+    return dataclass_params(TrainRunOptions) + dataclass_params(TrainConfig, unset=True, note=_default_note)
 
 
 def _resumed_options(out: str, given: dict) -> tuple[str, dict]:
@@ -113,9 +107,9 @@ def _resumed_options(out: str, given: dict) -> tuple[str, dict]:
 def _train_command(**kw):
     from ftcli.train.loop import train  # imported here: `ft --help` stays fast
 
-    preset, resume = kw.pop("preset"), kw.pop("resume")
-    kw.pop("local_rank", None)
-    dry = {k: kw.pop(k) for k in ("dry_run", "gpus", "gpu_memory_gb", "prompt_tokens")}
+    run = build(TrainRunOptions, kw)
+    preset, resume = run.preset, run.resume
+    dry = {k: getattr(run, k) for k in ("dry_run", "gpus", "gpu_memory_gb", "prompt_tokens")}
     if dry["dry_run"]:
         _dry_run(resolve_config(preset, **kw), dry)
         return
