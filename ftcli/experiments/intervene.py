@@ -35,7 +35,7 @@ from ftcli.seeds import derive_seed
 from ftcli.sequences import Prompt, task_prompt
 from ftcli.spans import span_to_token_mask
 
-# Reference numbers quoted from the paper (field notes, Sec. 2.3), printed beside ours.
+# Reference numbers quoted from the paper (FlowTracer, Table 1), printed beside ours.
 PAPER_TABLE1 = {"top": (45.9, 14.9), "random": (29.5, 4.5), "bottom": (14.9, 0.5)}
 
 
