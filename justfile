@@ -68,11 +68,10 @@ vllm-setup: setup
 
 # The `vllm` tests (real vLLM on CPU) inside the environment `just vllm-setup` made (its own
 # DeepSpeed op cache: the ops are built against that venv; the benchmark files from
-# ../shared/data when it is there, as .ci/run does).
+# $FT_DATA_MIRROR when it is set).
 test-vllm:
     #!/usr/bin/env bash
     set -euo pipefail
-    if [ -z "${FT_DATA_MIRROR:-}" ] && [ -d ../shared/data ]; then export FT_DATA_MIRROR="$(cd ../shared/data && pwd)"; fi
     export VLLM_ENABLE_V1_MULTIPROCESSING=0 TORCH_EXTENSIONS_DIR="{{vllm_venv}}/torch_extensions"
     # this checkout's package into that venv (CI tests a fresh clone elsewhere)
     "{{vllm_venv}}/bin/python" -m pip install -q --no-deps -e .

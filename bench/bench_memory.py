@@ -25,7 +25,7 @@ import platform
 import time
 from pathlib import Path
 
-from ftcli.train.memprobe import measure_update_peak
+from ftcli.train.memprobe import measure_growth, measure_update_peak
 
 ROOT = Path(__file__).resolve().parent
 MB = 1024**2
@@ -63,9 +63,7 @@ def main() -> None:
             ("activations per token per layer (checkpointing)", "num_hidden_layers", 1, 5, True, 128, 1024),
             ("log-probs per vocab entry (full logits)", "vocab_size", 4096, 36864, False, 0, 256),
             ("log-probs per vocab entry (chunked)", "vocab_size", 4096, 36864, False, 128, 256)):
-        x = measure_update_peak({**small, key: lo}, 2, T, ckpt, chunk)
-        y = measure_update_peak({**small, key: hi}, 2, T, ckpt, chunk)
-        meas, est = y["peak"] - x["peak"], y["estimate"] - x["estimate"]
+        meas, est = measure_growth(small, key, lo, hi, 2, T, ckpt, chunk)
         calib[label] = {"measured": meas, "estimated": est, "ratio": meas / est}
         print(f"{label:50s} measured {meas / MB:8.1f} MB  estimated {est / MB:8.1f} MB  ({meas / est:.2f})", flush=True)
     out = {"shape": shape, "batch": a.batch, "tokens": a.tokens, "arms": rows, "ratio": ratio,

@@ -74,8 +74,6 @@ _NAMED = ("mid", "early", "late", "all", "paper-early", "paper-mid", "paper-late
 PAPER_DEPTH = 36
 PAPER_RANGES = {"paper-early": (0, 15), "paper-mid": (15, 25), "paper-late": (25, 35)}
 
-# The help of every `--layers` option.
-
 
 def paper_layer_bounds(name: str, num_layers: int) -> tuple[int, int]:
     """Fig. 6's range `name` (paper-early|paper-mid|paper-late) scaled to a model of `num_layers`
@@ -92,7 +90,7 @@ def layer_range(spec, num_layers: int) -> list[int]:
     """Resolve a layer spec into a sorted list of layer indices (the set L' of Eq. 1).
 
     Accepted specs (L = `num_layers`):
-      - None or "mid": the middle third `[L//3, 2L//3)` (paper Sec. 3.3 / SPEC default);
+      - None or "mid": the middle third `[L//3, 2L//3)` (paper Sec. 3.3; the docs/flow.md default);
       - "early" `[0, L//3)`, "late" `[2L//3, L)`, "all" `[0, L)`;
       - "paper-early", "paper-mid", "paper-late": Fig. 6's `0:15`, `15:25`, `25:35` of Qwen3-4B's
         36 layers, scaled to L (`paper_layer_bounds`);

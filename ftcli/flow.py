@@ -122,7 +122,7 @@ def _check_inputs(W, question_mask, answer_mask, response_mask, ratio):
 
 
 def _compute_dtype(W: torch.Tensor) -> torch.dtype:
-    """float64 in -> float64 out; everything else is computed in float32 (SPEC: Numerics)."""
+    """float64 in -> float64 out; everything else is computed in float32 (docs/flow.md: Numerics)."""
     return torch.float64 if W.dtype == torch.float64 else torch.float32
 
 
@@ -285,7 +285,7 @@ def trace_flow(
     fallback = ~a.any(dim=1) | ~q.any(dim=1)  # [B]
     h = torch.zeros(B, T, dtype=dt, device=W.device)  # [B, T]
     f = inj.clone()  # [B, T] fallback: injection only
-    for b in range(B):  # a loop over sequences beats one batched solve on CPU (SPEC: Cost)
+    for b in range(B):  # a loop over sequences beats one batched solve on CPU
         if not fallback[b]:
             h[b], f[b] = _solve_sequence_(W[b], a[b], inj[b], overwrite)
     tau = throughput(f, h, a)  # [B, T]

@@ -39,7 +39,7 @@ def span_to_token_mask(
 def find_question_span(prompt_text: str, question: str) -> tuple[int, int] | None:
     """Character span of the question text inside a chat-formatted prompt (last match).
 
-    The question region excludes the system prompt and chat-template tokens (SPEC: Q).
+    The question region excludes the system prompt and chat-template tokens (docs/flow.md: Inputs).
     Falls back to the stripped question if the exact text is not found.
     """
     for q in (question, question.strip()):

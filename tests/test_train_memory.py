@@ -14,7 +14,7 @@ from ftcli.grpo import token_entropy, token_logprobs
 from ftcli.sequences import collate, micro_batches, padded_slots
 from ftcli.train.config import resolve_config
 from ftcli.train.logprobs import ChunkedLogprobs, policy_logprobs
-from ftcli.train.memprobe import measure_update_peak
+from ftcli.train.memprobe import measure_growth
 from ftcli.train.stats import CtrlC, Timer
 from ftcli.train.update import PolicyUpdate
 from tests.test_train_microbatch import GradEngine, _realistic_step, _seqs
@@ -210,11 +210,7 @@ SHAPE = dict(vocab_size=4096, hidden_size=512, intermediate_size=1536, num_atten
 
 
 def _slope(key: str, lo: int, hi: int, ckpt: bool, chunk: int, T: int) -> tuple[float, float]:
-    """(measured, estimated) growth of the update's peak when SHAPE[key] goes from lo to hi:
-    the per-layer or per-vocab-entry figure, free of the terms that do not scale with it."""
-    a = measure_update_peak({**SHAPE, key: lo}, 2, T, ckpt, chunk)
-    b = measure_update_peak({**SHAPE, key: hi}, 2, T, ckpt, chunk)
-    return b["peak"] - a["peak"], b["estimate"] - a["estimate"]
+    return measure_growth(SHAPE, key, lo, hi, 2, T, ckpt, chunk)
 
 
 @pytest.mark.parametrize("ckpt", [False, True])

@@ -33,7 +33,7 @@ from ftcli import get_task, grpo
 from ftcli.credit import get_rule
 from ftcli.evaluation.sampling import accuracy
 from ftcli.fetch.models import load_model, resolve_model
-from ftcli.generation import generate, prompt_keys
+from ftcli.generation import encode_prompt, generate, prompt_keys
 from ftcli.progress import progress_bar, stderr_console
 from ftcli.rundir import (
     RunDir,
@@ -186,7 +186,7 @@ class Trainer:
         """Tokens of the longest prompt among the first `sample` training problems (the KV
         budget of `--gen-batch-size auto`)."""
         n = min(len(self.train_data), sample)
-        return max(len(self.tokenizer(task_prompt_text(self.tokenizer, self.task, self.train_data[i]))["input_ids"])
+        return max(len(encode_prompt(self.tokenizer, task_prompt_text(self.tokenizer, self.task, self.train_data[i])))
                    for i in range(n))
 
     def _load_val(self):
@@ -206,15 +206,21 @@ class Trainer:
         base = (step - 1) * self.cfg.prompts + rank * self.prompts_per_rank
         return [self._perm(pos // n)[pos % n] for pos in range(base, base + self.prompts_per_rank)]
 
-    def seed_keys(self, step: int) -> list[int]:
-        """Row-seed keys of this rank's prompts (`ftcli.generation.prompt_keys`): the occurrence
-        of each prompt's text among the whole step's prompts, over all ranks, in global order.
-        Two ranks that draw the same problem in a step therefore sample different rows, and a
-        1-rank and an N-rank run of the same global batch sample the same rows."""
-        texts = [task_prompt_text(self.tokenizer, self.task, self.train_data[i])
-                 for r in range(self.world) for i in self.prompts_for_step(step, r)]
+    def step_prompts(self, step: int) -> tuple[list[dict], list[str], list[int]]:
+        """This rank's samples at `step`, their prompt texts, and their row-seed keys
+        (`ftcli.generation.prompt_keys`): the occurrence of each prompt's text among the whole
+        step's prompts, over all ranks, in global order. Two ranks that draw the same problem in
+        a step therefore sample different rows, and a 1-rank and an N-rank run of the same
+        global batch sample the same rows."""
+        samples = [self.train_data[i] for r in range(self.world) for i in self.prompts_for_step(step, r)]
+        texts = [task_prompt_text(self.tokenizer, self.task, s) for s in samples]
         keys = prompt_keys(texts)
-        return keys[self.rank * self.prompts_per_rank : (self.rank + 1) * self.prompts_per_rank]
+        mine = slice(self.rank * self.prompts_per_rank, (self.rank + 1) * self.prompts_per_rank)
+        return samples[mine], texts[mine], keys[mine]
+
+    def seed_keys(self, step: int) -> list[int]:
+        """Row-seed keys of this rank's prompts at `step` (`step_prompts`)."""
+        return self.step_prompts(step)[2]
 
     def _perm(self, epoch: int) -> list[int]:
         if epoch not in self._perm_cache:
@@ -269,10 +275,8 @@ class Trainer:
     def rollouts(self, step: int) -> list[RolloutSeq]:
         """Generate, reward and build this rank's sequences for `step`."""
         cfg = self.cfg
-        samples = [self.train_data[i] for i in self.prompts_for_step(step)]
-        texts = [task_prompt_text(self.tokenizer, self.task, s) for s in samples]
-        groups = self._generate(texts, cfg.group_size, cfg.temperature, derive_seed(cfg.seed, "gen", step),
-                                self.seed_keys(step))
+        samples, texts, keys = self.step_prompts(step)
+        groups = self._generate(texts, cfg.group_size, cfg.temperature, derive_seed(cfg.seed, "gen", step), keys)
         # one grading call per rollout: the reward and the verdict come from the same `grade`
         grades = [self.task.grade(ro.response_text, s) for s, g in zip(samples, groups, strict=True) for ro in g]
         rewards = [float(gr["reward"]) for gr in grades]

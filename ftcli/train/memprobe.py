@@ -66,5 +66,14 @@ def measure_update_peak(shape_kw: dict, B: int, T: int, checkpointing: bool, chu
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def measure_growth(shape_kw: dict, key: str, lo: int, hi: int, B: int, T: int, checkpointing: bool,
+                   chunk: int) -> tuple[float, float]:
+    """(measured, estimated) growth of the update's peak when `shape_kw[key]` goes from `lo` to
+    `hi`: the per-layer or per-vocab-entry figure, free of the terms that do not scale with it."""
+    a = measure_update_peak({**shape_kw, key: lo}, B, T, checkpointing, chunk)
+    b = measure_update_peak({**shape_kw, key: hi}, B, T, checkpointing, chunk)
+    return b["peak"] - a["peak"], b["estimate"] - a["estimate"]
+
+
 if __name__ == "__main__":
     print(json.dumps(_probe(*json.loads(sys.argv[1]))))
