@@ -14,10 +14,13 @@ Parts:
 - `trl`: whole steps (generation + update) of `ft train` and of TRL 1.16's GRPOTrainer
   (`ftcli.integrations.trl.FlowTracerGRPOTrainer`, `--credit none` = TRL's plain GRPO) on the
   same prompts (the task's rendered chat prompts of the same generated Countdown problems),
-  model, group size, lengths, lr, temperature and one thread. Each arm runs in its own process
-  (peak RSS is the process's), arms interleaved over the rounds; each process runs
-  `--warmup` untimed steps, then `--steps` timed ones. Reported: process CPU seconds per
-  response token (the steps' CPU over the response tokens they generated), its ratio TRL / ft,
+  model, group size, lengths, lr, temperature and one thread, in the configurations of
+  `CONFIGS`: each framework in fp32 and in bf16 (TRL: accelerate's CPU autocast, its
+  GRPOConfig default; ft: `--bf16`), and TRL as it comes (bf16 and gradient checkpointing).
+  Each arm runs in its own process (peak RSS is the process's), arms interleaved over the
+  rounds; each process runs `--warmup` untimed steps, then `--steps` timed ones. Reported:
+  process CPU seconds per response token (the steps' CPU over the response tokens they
+  generated), the ratios TRL / ft of `PAIRS` (same precision, and each framework's defaults),
   and the peak resident memory.
 
 Writes bench/results/vs_trl[_<model>].json and prints a summary. Not a test.
@@ -106,12 +109,27 @@ def part_layout(args) -> dict:
 # ---------------------------------------------------------------------------------------------
 # trl: whole steps, ft train vs TRL's GRPOTrainer, one process per arm
 # ---------------------------------------------------------------------------------------------
-def run_ft_arm(args, credit: str) -> dict:
+# The configurations compared (arm = CONFIG:CREDIT). Precision decides most of the CPU cost on
+# a CPU with bf16 matrix units (bf16 matmuls ran 4.5x fp32's on this machine), and TRL's
+# GRPOConfig defaults to bf16 mixed precision (accelerate's CPU autocast) and gradient
+# checkpointing, so each framework runs at both precisions and TRL also as it comes.
+CONFIGS = {
+    "ft": dict(framework="ft", bf16=False, label="ft train, fp32 (its CPU default)"),
+    "ft-bf16": dict(framework="ft", bf16=True, label="ft train --bf16 (DeepSpeed bf16: bf16 weights, fp32 master)"),
+    "trl": dict(framework="trl", bf16=False, gc=False, label="TRL, fp32, no gradient checkpointing"),
+    "trl-bf16": dict(framework="trl", bf16=True, gc=False, label="TRL, bf16 autocast, no gradient checkpointing"),
+    "trl-default": dict(framework="trl", bf16=True, gc=True, label="TRL as it comes (bf16 autocast, gradient checkpointing)"),
+}
+# (TRL config, ft config): the ratios reported, TRL's CPU per response token over ft's
+PAIRS = {"fp32": ("trl", "ft"), "bf16": ("trl-bf16", "ft-bf16"), "defaults": ("trl-default", "ft")}
+
+
+def run_ft_arm(args, credit: str, conf: dict) -> dict:
     import torch
 
     from ftcli.train.loop import Trainer
 
-    extra = dict(pack=args.pack, share_prompt=args.share_prompt)
+    extra = dict(pack=args.pack, share_prompt=args.share_prompt, bf16=conf["bf16"])
     with tempfile.TemporaryDirectory(prefix="ft-bench-vs-trl-") as d:
         tr = Trainer(ft_config(args, str(Path(d) / "run"), credit=credit, **extra))
         cpu, toks = [], []
@@ -129,7 +147,7 @@ def run_ft_arm(args, credit: str) -> dict:
     return dict(cpu_s=cpu, response_tokens=toks)
 
 
-def run_trl_arm(args, credit: str) -> dict:
+def run_trl_arm(args, credit: str, conf: dict) -> dict:
     import torch
     from datasets import Dataset
     from transformers import TrainerCallback
@@ -155,7 +173,7 @@ def run_trl_arm(args, credit: str) -> dict:
                      gradient_accumulation_steps=n // micro, num_generations=args.group,
                      max_completion_length=args.max_new, temperature=1.0, beta=0.0, loss_type="dapo",
                      seed=0, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
-                     use_cpu=True, gradient_checkpointing=args.trl_gradient_checkpointing)
+                     use_cpu=True, bf16=conf["bf16"], gradient_checkpointing=conf["gc"])
     marks: dict[str, list] = {"cpu": [], "tokens": []}
 
     class Clock(TrainerCallback):
@@ -187,14 +205,15 @@ def ft_problems(args):
 
 def arm_main(args) -> None:
     """One arm in this process: prints its JSON result (with the peak RSS) on the last line."""
-    framework, credit = args.arm.split(":")
-    res = (run_ft_arm if framework == "ft" else run_trl_arm)(args, credit)
+    name, credit = args.arm.split(":")
+    conf = CONFIGS[name]
+    res = (run_ft_arm if conf["framework"] == "ft" else run_trl_arm)(args, credit, conf)
     res["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print("RESULT " + json.dumps(res))
 
 
 def part_trl(args) -> dict:
-    arms = ["ft:none", "trl:none", "ft:flow", "trl:flow"]
+    arms = [f"{c}:{credit}" for credit in args.credits for c in args.configs]
     runs: dict[str, list[dict]] = {}
     base = [a for a in sys.argv[1:] if a not in ("--parts",) and a not in ("layout", "trl")]
     for rnd in range(args.rounds):
@@ -208,20 +227,24 @@ def part_trl(args) -> dict:
                 raise SystemExit(f"arm {arm} failed:\n{p.stderr[-3000:]}")
             runs.setdefault(arm, []).append(json.loads(line[-1][7:]))
             print(f"  round {rnd + 1}/{args.rounds} {arm}: {runs[arm][-1]}", file=sys.stderr)
-    out = {}
+    out = {"configs": {c: CONFIGS[c]["label"] for c in args.configs}}
     for arm, rs in runs.items():
         per_tok = [sum(r["cpu_s"]) / max(sum(r["response_tokens"]), 1) for r in rs]
         out[arm] = dict(cpu_ms_per_response_token=1e3 * statistics.median(per_tok),
                         cpu_ms_per_response_token_min=1e3 * min(per_tok),
                         rounds_ms=[1e3 * x for x in per_tok], peak_rss_gb=statistics.median(r["peak_rss_gb"] for r in rs),
                         response_tokens=[sum(r["response_tokens"]) for r in rs])
-    for credit in ("none", "flow"):
-        ft, trl = runs[f"ft:{credit}"], runs[f"trl:{credit}"]
-        paired = [(sum(b["cpu_s"]) / sum(b["response_tokens"])) / (sum(a["cpu_s"]) / sum(a["response_tokens"]))
-                  for a, b in zip(ft, trl, strict=True)]
-        out[f"ratio_{credit}"] = dict(trl_over_ft=out[f"trl:{credit}"]["cpu_ms_per_response_token"]
-                                      / out[f"ft:{credit}"]["cpu_ms_per_response_token"],
-                                      paired_median=statistics.median(paired), paired=paired)
+    for credit in args.credits:
+        for pair, (t, f) in PAIRS.items():
+            if f"{t}:{credit}" not in runs or f"{f}:{credit}" not in runs:
+                continue
+            ft, trl = runs[f"{f}:{credit}"], runs[f"{t}:{credit}"]
+            paired = [(sum(b["cpu_s"]) / sum(b["response_tokens"])) / (sum(a["cpu_s"]) / sum(a["response_tokens"]))
+                      for a, b in zip(ft, trl, strict=True)]
+            out[f"ratio_{credit}_{pair}"] = dict(
+                trl=t, ft=f, trl_over_ft=out[f"{t}:{credit}"]["cpu_ms_per_response_token"]
+                / out[f"{f}:{credit}"]["cpu_ms_per_response_token"],
+                paired_median=statistics.median(paired), paired=paired)
     return out
 
 
@@ -240,8 +263,9 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--pack", action=argparse.BooleanOptionalAction, default=True, help="ft arms: --pack")
     ap.add_argument("--share-prompt", action=argparse.BooleanOptionalAction, default=True, help="ft arms: --share-prompt")
-    ap.add_argument("--trl-gradient-checkpointing", action=argparse.BooleanOptionalAction, default=False,
-                    help="TRL arms: TRL's default gradient checkpointing (off: as the TRL example on CPU)")
+    ap.add_argument("--configs", type=lambda x: x.split(","), default=list(CONFIGS),
+                    help=f"comma list of {', '.join(CONFIGS)}")
+    ap.add_argument("--credits", type=lambda x: x.split(","), default=["none", "flow"], help="credit rules (none = plain GRPO)")
     ap.add_argument("--arm", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.arm:

@@ -11,7 +11,8 @@ into weights, identically for every rule:
 
 - `binary` (the paper, Eq. 6): the first ceil(ratio * n - 1e-9) response tokens by score
   (`--select top`: descending, never a token with score exactly 0; `bottom`: ascending), ties
-  to the lower position (`ftcli.flow.select_tokens`), get gamma; every other token gets 1.
+  to the lower position (`ftcli.flow.select_tokens`), get gamma; every other token gets 1
+  (`rest_weight`, default 1: with rest 0 the update trains on the selected set only).
 - continuous weightings (paper Table 7): w_t = 1 + (gamma - 1) * u_t with u_t in [0, 1] a
   per-sequence normalisation of the scores over the response tokens; `--select bottom` uses
   1 - u_t. Definitions (s = score, stats over the sequence's response tokens):
@@ -120,6 +121,7 @@ class CreditOptions:
     gamma: float = 1.5
     weighting: str = "binary"
     mass: float = 0.4
+    rest_weight: float = 1.0  # weight of the response tokens outside the set (1: the paper; 0: train on the set only)
     nonneg_only: bool = False
     fai_window: tuple[int, int] = (10, 50)
     token_filter: torch.Tensor | None = None  # [V] bool: token ids that may be credited (None: all)
@@ -133,6 +135,8 @@ class CreditOptions:
             raise ValueError(f"--ratio must be in [0, 1], got {self.ratio}")
         if not 0.0 < self.mass <= 1.0:
             raise ValueError(f"--mass must be in (0, 1], got {self.mass}")
+        if self.rest_weight < 0.0:
+            raise ValueError(f"--rest-weight must be >= 0, got {self.rest_weight}")
         lo, hi = self.fai_window
         if not 1 <= lo <= hi:
             raise ValueError(f"--fai-window must be LO:HI with 1 <= LO <= HI, got {lo}:{hi}")
@@ -143,7 +147,7 @@ class Credit:
     """Result of `compute_credit`."""
 
     weights: torch.Tensor  # [B, T] fp32, 1.0 outside the response
-    credited: torch.Tensor  # [B, T] bool, response tokens whose weight is not 1
+    credited: torch.Tensor  # [B, T] bool, the selected response tokens (weight gamma, not the rest weight)
     scores: torch.Tensor | None  # [B, T] the rule's scores (None for `none`)
     fallback: torch.Tensor  # [B] bool, uniform weights because the rule could not score
 
@@ -452,21 +456,26 @@ def weights_from_scores(
     """Scores -> (weights [B, T], credited [B, T] bool): the ONE selection of every rule.
 
     `eligible` [B] bool: sequences that may receive credit (others get all-1 weights).
-    Binary: `ftcli.flow.select_tokens` + `ftcli.flow.credit_weights` (Eq. 6). Continuous:
-    w = 1 + (gamma - 1) u (see `continuous_units`).
+    Binary: `ftcli.flow.select_tokens` + `ftcli.flow.credit_weights` (Eq. 6); the unselected
+    response tokens get `opts.rest_weight` (1 in the paper). Continuous: w = r + (gamma - r) u with
+    r = `opts.rest_weight` (see `continuous_units`). Outside the response every weight is 1.
     """
     resp = response_mask.bool()
     if eligible is not None:
         resp = resp & eligible.bool()[:, None]
+    rest = float(opts.rest_weight)
     if opts.weighting == "binary":
         top = opts.select == "top"
         sel = select_tokens(scores, resp, opts.ratio, largest=top, exclude_zero=top)  # [B, T]
-        return credit_weights(sel, opts.gamma), sel & (opts.gamma != 1.0)
+        w = credit_weights(sel, opts.gamma)  # [B, T]
+        if rest != 1.0:
+            w = w.masked_fill(resp & ~sel, rest)
+        return w, sel & (opts.gamma != rest)
     u = continuous_units(scores, resp, opts.weighting, opts.mass)  # [B, T]
     if opts.select == "bottom":
         u = (1.0 - u).masked_fill(~resp, 0.0)
-    w = 1.0 + (opts.gamma - 1.0) * u  # [B, T]
-    return w, resp & (w != 1.0)
+    w = torch.where(resp, rest + (opts.gamma - rest) * u, torch.ones_like(u))  # [B, T]
+    return w, resp & (w != rest)
 
 
 def compute_credit(rule: CreditRule | str, inputs: CreditInputs, opts: CreditOptions) -> Credit:
@@ -492,6 +501,8 @@ def compute_credit(rule: CreditRule | str, inputs: CreditInputs, opts: CreditOpt
     if opts.token_filter is not None:  # Sec. 5.2: the top ratio WITHIN the class
         pool = resp & token_filter_mask(opts.token_filter, inputs.input_ids).to(resp.device)
     weights, credited = weights_from_scores(scores, pool, opts, eligible)
+    if opts.rest_weight != 1.0 and opts.token_filter is not None:  # the other class is outside the set too
+        weights = weights.masked_fill(resp & eligible[:, None] & ~pool, float(opts.rest_weight))
     return Credit(weights.detach(), credited, scores, fallback)
 
 

@@ -323,9 +323,12 @@ def _decode_compact(model, prompt_ids: Sequence[Sequence[int]], row_prompt: Sequ
     ids, attn = _left_pad(prompt_ids, pad_id)  # [U, L]
     pos0 = (attn.cumsum(-1) - 1).clamp_(min=0)  # [U, L]
     cache = _new_cache(model)
-    keep_last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    params = inspect.signature(model.forward).parameters
+    keep_last = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+    # transformers >= 5.25 names the KV cache argument `cache` (past_key_values: deprecated)
+    kv = "cache" if "cache" in params else "past_key_values"
     out = model(input_ids=ids.to(device), attention_mask=attn.to(device), position_ids=pos0.to(device),
-                past_key_values=cache, use_cache=True, **keep_last)
+                use_cache=True, **{kv: cache}, **keep_last)
     src = torch.tensor(list(row_prompt), dtype=torch.long)  # [B]: row -> distinct prompt
     logits = out.logits[:, -1].float()[src.to(device)]  # [B, V] float32, as in HF generate
     cache.batch_select_indices(src.to(device))  # expand: the rows of one prompt share its prefill
@@ -355,7 +358,7 @@ def _decode_compact(model, prompt_ids: Sequence[Sequence[int]], row_prompt: Sequ
             done_slot = done_slot[keep]
         attn = torch.cat([attn, attn.new_ones((len(live), 1))], dim=-1)  # [b, L + t + 1]
         out = model(input_ids=picks.unsqueeze(-1), attention_mask=attn, position_ids=pos.unsqueeze(-1),
-                    past_key_values=cache, use_cache=True)
+                    use_cache=True, **{kv: cache})
         logits = out.logits[:, -1].float()  # [b, V]
         pos = pos + 1
         del out

@@ -276,7 +276,13 @@ def eval_md(res: dict) -> str:
     return "\n".join(lines)
 
 
-RENDER = {"tokens": tokens_md, "format": format_md}
+def fidelity_md(res: dict) -> str:
+    from ftcli.experiments.fidelity import fidelity_markdown
+
+    return fidelity_markdown(res)
+
+
+RENDER = {"tokens": tokens_md, "format": format_md, "fidelity": fidelity_md}
 
 
 def main(argv: list[str]) -> None:

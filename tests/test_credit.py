@@ -108,6 +108,23 @@ def test_top_and_bottom_select_opposite_ends():
     assert w_top[0, 9] == 1.5 and w_top[0, 0] == 1.0
 
 
+def test_rest_weight_trains_on_the_set_only():
+    """--rest-weight r: the unselected response tokens weigh r (binary and continuous); outside
+    the response every weight stays 1; sequences the selection skips keep uniform weights."""
+    s = torch.arange(1.0, 11.0)[None].repeat(2, 1)  # [2, 10] scores 1..10
+    resp = torch.ones(2, 10, dtype=torch.bool)
+    resp[:, :2] = False  # a 2-token prompt
+    w, sel = weights_from_scores(s, resp, CreditOptions(ratio=0.25, gamma=1.0, rest_weight=0.0),
+                                 eligible=torch.tensor([True, False]))
+    assert sel[0].nonzero()[:, 0].tolist() == [8, 9] and not sel[1].any()
+    assert w[0].tolist() == [1, 1, 0, 0, 0, 0, 0, 0, 1, 1] and w[1].tolist() == [1.0] * 10
+    w, sel = weights_from_scores(s, resp, CreditOptions(weighting="raw", gamma=2.0, rest_weight=0.5))
+    u = s[0, 2:] / 10  # raw: s / max s over the response
+    assert torch.allclose(w[0, 2:], 0.5 + 1.5 * u) and w[0, :2].tolist() == [1, 1] and sel[0, 2:].all()
+    with pytest.raises(ValueError, match="rest-weight"):
+        CreditOptions(rest_weight=-0.1)
+
+
 def test_nonneg_only_skips_negative_advantages():
     inp = _batch()
     c = compute_credit("random", inp, CreditOptions(nonneg_only=True))

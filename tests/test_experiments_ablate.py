@@ -395,6 +395,11 @@ def test_cli_training_sweeps(toy, tmp_path, monkeypatch, trainer):
     assert [v["key"] for v in res["variants"]] == ["credit-none", "credit-flow"]
     assert res["variants"][1]["delta_vs_baseline"] is not None and _run_cfg(out, "credit-flow")["lr"] == 0.001
 
+    _, res, out = _sweep("sets", tmp_path, suite, "--sets", "flow-bottom,random", "--set-ratio", "0.5")
+    assert [v["key"] for v in res["variants"]] == ["grpo", "only-flow-bottom-0.5", "only-random-top-0.5"]
+    c = _run_cfg(out, "only-flow-bottom-0.5")
+    assert (c["credit"], c["select"], c["ratio"], c["gamma"], c["rest_weight"]) == ("flow", "bottom", 0.5, 1.0, 0.0)
+
     bad = runner.invoke(app, ["ablate", "weighting", "--weightings", "cubic", "--out", str(tmp_path / "x")])
     assert bad.exit_code != 0 and "cubic" in bad.output
 
@@ -430,6 +435,26 @@ def test_reference_rows_come_from_an_earlier_sweep(toy, tmp_path):
     text, res2, _ = _sweep("ratio", tmp_path, suite, "--ratios", "0.4,0.5", "--select", "top",
                            "--seeds", "0,1", "--variant-seeds", "0", "--reference", str(ref))
     assert "training" not in text and res2["variants"][2]["seeds"] == by["top-0.5"]["seeds"]
+    # any row of a committed results.json is reused, not only GRPO and FlowTracer: a long sweep
+    # goes on where it stopped on another machine
+    ref2 = tmp_path / "partial.json"
+    ref2.write_text((out / "results.json").read_text())
+    shutil.rmtree(out)
+    text, res3, out3 = _sweep("ratio", tmp_path, suite, "--ratios", "0.4,0.5", "--select", "top", "--seeds", "0,1",
+                              "--variant-seeds", "0,1", "--reference", str(ref2))
+    assert "5 runs taken from" in text and [r["seed"] for r in res3["variants"][2]["seeds"]] == [0, 1]
+    assert not (out3 / "runs" / "top-0.5" / "seed0").exists() and (out3 / "runs" / "top-0.5" / "seed1").is_dir()
+    # a file from before `attention` and `correlation` were renamed: its rows of those names
+    # ran other rules (Clip-Cov, FAI) and are never taken for the new ones
+    old_doc = json.loads(ref.read_text())
+    old_doc.pop("credit_rules", None)
+    flow = next(v for v in old_doc["variants"] if v["key"] == "credit-flow")
+    old_doc["variants"].append({**flow, "key": "credit-attention", "train_options": {"credit": "attention"}})
+    ref3 = tmp_path / "old.json"
+    ref3.write_text(json.dumps(old_doc))
+    text, res4, _ = _sweep("credit", tmp_path, suite, "--rules", "none,attention", "--seeds", "0", "--reference", str(ref3))
+    assert "1 runs taken from" in text and "FAI" not in text
+    assert [r.get("reference") for v in res4["variants"] for r in v["seeds"]] == [str(ref3), None]
     # other settings than the reference's: one line, before any training
     bad = runner.invoke(app, ["ablate", "ratio", "--model", "tiny-qwen3", "--task", "abl-toy", "--steps", "2",
                               "--prompts", "1", "--group-size", "2", "--max-new-tokens", "4", "--eval-suite",

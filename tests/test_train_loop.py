@@ -95,6 +95,9 @@ EXTRA = {  # other objective paths ride along: KL + entropy bonus, PPO mini-batc
     "correlation": dict(zero_stage=3),  # its own forward of the partitioned policy
     "attention": dict(zero_stage=3, weighting="tanh"),
     "random": dict(select="bottom", nonneg_only=True),
+    "gradient": dict(gamma=1.0, rest_weight=0.0),  # trained on the set alone
+    "fai": dict(bf16=True),  # DeepSpeed bf16 on CPU: bf16 weights, packed rows attended in fp32
+    "flow": dict(bf16=True, pack=False),
 }
 
 
@@ -103,7 +106,7 @@ EXTRA = {  # other objective paths ride along: KL + entropy bonus, PPO mini-batc
 def test_every_rule_runs_a_step_and_changes_the_weights(tmp_path, credit):
     run = _run(tmp_path, credit, credit=credit, steps=1, **EXTRA.get(credit, {}))
     w0, w1 = _initial_weights(), _weights(run)
-    changed = [k for k in w1 if k in w0 and not torch.equal(w0[k], w1[k])]
+    changed = [k for k in w1 if k in w0 and not torch.equal(w0[k].to(w1[k].dtype), w1[k])]  # bf16: as loaded
     assert len(changed) > len(w1) // 2
     (m,) = _metrics(run)
     assert m["step"] == 1 and m["grad_norm"] > 0 and math_finite(m["loss"])

@@ -37,6 +37,27 @@ def test_packed_row_layout():
     assert torch.equal(shared.positions(0)[:6], shared.positions(2)[:6])
 
 
+def test_segment_kernel_attends_bf16_in_fp32_on_cpu():
+    """bf16 inputs on CPU: attended in fp32 (the CPU flash kernel's bf16 backward is slow), the
+    output in bf16 and equal to the fp32 kernel's rounded; gradients reach bf16 inputs."""
+    from ftcli.packing import segment_attention
+
+    seqs = _seqs(7, n_prompts=2, group=2)
+    lay = pack_row(seqs, share_prompt=True)
+    L, g = lay.length, torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 4, L, 8, generator=g) for _ in range(3))
+    mod = torch.nn.Module()
+    mod.is_causal, mod.training, mod.num_key_value_groups = True, False, 1
+    want, _ = segment_attention(mod, q, k, v, lay)  # [1, L, H, d] fp32
+    qb, kb, vb = (x.bfloat16().requires_grad_() for x in (q, k, v))
+    got, _ = segment_attention(mod, qb, kb, vb, lay)
+    assert got.dtype == torch.bfloat16
+    ref, _ = segment_attention(mod, qb.detach().float(), kb.detach().float(), vb.detach().float(), lay)
+    assert torch.equal(got, ref.bfloat16()) and torch.allclose(got.float(), want, atol=3e-2)
+    got.float().sum().backward()
+    assert qb.grad.dtype == torch.bfloat16 and qb.grad.abs().sum() > 0
+
+
 def test_packed_forward_equals_each_sequence_alone(tiny):
     model, tok = tiny
     seqs = _seqs(len(tok), n_prompts=2, group=3)

@@ -1,8 +1,8 @@
 """`ft ablate`: every experiment of the paper as a command (library: ftcli.experiments).
 
-Analyses: `intervene` (Table 1), `format` and `tokens` (Sec. 5.2, Fig. 3), `overhead` (Table 6).
+Analyses: `intervene` (Table 1), `fidelity` (what each credit rule finds, beyond the paper), `format` and `tokens` (Sec. 5.2, Fig. 3), `overhead` (Table 6).
 Training sweeps: `layers` (Fig. 6), `ratio` (Table 5), `gamma` and `weighting` (Table 7),
-`credit` (Tables 2-4, Figs. 4-5). Results go to `--out` (default runs/ablate/<name>) as JSON/CSV
+`credit` (Tables 2-4, Figs. 4-5), `sets` (training on one token set alone, beyond the paper). Results go to `--out` (default runs/ablate/<name>) as JSON/CSV
 with PNGs beside them; a rerun skips what is finished. A training sweep runs seed by seed and
 rewrites its results.json (marked partial) after each finished run.
 """
@@ -19,7 +19,9 @@ from rich.console import Console
 
 from ftcli.commands.options import build, command, dataclass_params, parse_field, split_list
 from ftcli.experiments.config import (
+    FIDELITY_PROTOCOL,
     INTERVENE_PROTOCOL,
+    FidelityConfig,
     InterveneConfig,
     OverheadConfig,
     SweepConfig,
@@ -31,6 +33,8 @@ from ftcli.train.config import TrainConfig
 EPILOG = """Examples:
 
   ft ablate intervene --model qwen2.5-coder-0.5b --n 50
+
+  ft ablate fidelity --n 300          ft ablate fidelity -m smollm2-135m --task gsm8k --responses gold --n 50 --token-sample 16
 
   ft ablate format --n 20          ft ablate tokens --n 50
 
@@ -129,6 +133,9 @@ class VariantOptions:
     weightings: str = option(",".join(WEIGHTINGS), "Comma list (ftcli.credit.WEIGHTINGS).")
     masses: str = option("0.2,0.4,0.6,0.8", "Mass thresholds of the soft (mass) weighting; one variant each.")
     rules: str = option("none,attention,flow", "Comma list of credit rules.")
+    sets: str = option("flow-top,flow-bottom,random", "Comma list of token sets, each trained on alone: RULE-top or RULE-bottom (the rule's top or bottom --set-ratio of each response), a bare RULE = RULE-top.")
+    set_ratio: float = option(0.4, "Fraction of each response's tokens in a set.", gt=0.0, max=1.0)
+    rest: float = option(0.0, "Weight of the tokens outside the set (ft train --rest-weight; 0 = trained on the set only).", min=0.0)
 
 
 def _variant_params(*names: str) -> list[inspect.Parameter]:
@@ -294,6 +301,27 @@ _sweep_command(
 )
 
 
+def _set_variants(kw, cfg):
+    from ftcli.credit import get_rule
+    from ftcli.experiments.variants import set_variants
+
+    variants = set_variants(split_list(kw.pop("sets")), kw.pop("set_ratio"), kw.pop("rest"))
+    for v in variants:
+        get_rule(v.train["credit"])
+    return variants
+
+
+_sweep_command(
+    "sets",
+    "Issue 28: does a token set carry the learning signal? The same training with the loss "
+    "restricted to one set of response tokens (weight 1 on the set, --rest on the others): the "
+    "flow's top and bottom 40% and a random 40%, against GRPO on all tokens. "
+    "Example: ft ablate sets --sets flow-top,flow-bottom,random --seeds 0,1,2,3,4",
+    _variant_params("sets", "set_ratio", "rest"),
+    _set_variants,
+)
+
+
 # ---------------------------------------------------------------------------------------------
 # Analyses
 # ---------------------------------------------------------------------------------------------
@@ -330,6 +358,33 @@ def _intervene(kw: dict) -> None:
 
 
 _command("intervene", INTERVENE_HELP, [*dataclass_params(InterveneConfig), QUIET], _intervene)
+
+
+FIDELITY_HELP = ("Beyond the paper: what each credit rule's scores find, on the same responses. (a) Answer "
+                 "change when the rule's top k% of reasoning tokens are blocked (Table 1's intervention), with "
+                 "paired exact McNemar tests between rules; (b) the Spearman correlation of each rule's scores "
+                 "with each token's (and line's) own causal effect, the drop of the answer's log-likelihood when "
+                 "it alone is blocked; (c) on GRPO rollouts, the share of GRPO's gradient norm carried by each "
+                 "rule's selected set, and its cosine with the whole gradient."
+                 f"\n\nProtocol:\n\n{_para(FIDELITY_PROTOCOL)}")
+
+
+def _fidelity(kw: dict) -> None:
+    from ftcli.experiments.fidelity import fidelity, fidelity_tables
+
+    quiet = kw.pop("quiet")
+    cfg = build(FidelityConfig, kw)
+    res = fidelity(cfg, console=Console(stderr=True), progress=not quiet)
+    con = _console()
+    for table in fidelity_tables(res):
+        con.print(table)
+    st = ", ".join(f"{k}: {v}" for k, v in res["status"].items())
+    con.print(f"problems: {st}; reference accuracy {100 * (res['reference_accuracy']['rate'] or 0):.1f}%")
+    con.print(f"results: {cfg.out}/results.json, problems.jsonl, gradient.jsonl, arms.csv, mcnemar.csv, "
+              "effects.csv, gradient.csv, fidelity.png")
+
+
+_command("fidelity", FIDELITY_HELP, [*dataclass_params(FidelityConfig), QUIET], _fidelity)
 
 
 def _format(kw: dict) -> None:

@@ -29,7 +29,7 @@ def guard_settings(out: Path, settings: dict, ignore: Sequence[str] = (),
     f = out / "settings.json"
     if f.is_file():
         old = json.loads(f.read_text(encoding="utf-8"))
-        new = settings
+        new = json.loads(json.dumps(settings))  # as saved: a tuple option compares equal to its JSON list
         if canonical is not None:
             old, new = canonical(old), canonical(settings)
         diff = sorted(k for k in set(old) | set(new) if k not in ignore and old.get(k) != new.get(k))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ftcli.fetch.models import DEFAULT_MODEL, DEFAULT_POLICY
-from ftcli.options import LAYERS_HELP, option
+from ftcli.options import AGG_MODES, LAYERS_HELP, option
 
 _M = ("-m",)
 
@@ -51,6 +51,80 @@ INTERVENE_PROTOCOL = """\
    reversal = the task's verdict flips (either way; both directions are also counted). Rates
    over the problems with an answer, with counts and Wilson 95% intervals. The unblocked arm
    is the control: it reproduces the original up to float differences of batched decoding."""
+
+
+@dataclass
+class FidelityConfig(InterveneConfig):
+    """Beyond the paper (issue 28): what each credit rule's scores find. The fields of Table 1's
+    intervention (its protocol runs part (a)), with other defaults, and the three parts' own."""
+
+    model: str = option(DEFAULT_POLICY, "Policy (alias, folder or hub id): the shipped policy by default, the model the Countdown tables train.", flags=_M)
+    task: str = option("countdown", "Task plugin: its --split gives the analysed responses, its --train-split the GRPO rollouts of part (c).")
+    n: int = option(300, "Problems (the first N of the split); at 300 a rate's Wilson 95% interval is at most about ±5.7 points.", min=1)
+    ratio: float = option(0.4, "(c) Fraction of each response that a rule selects (the training's --ratio, the paper's 40%).", min=0.0, max=1.0)
+    out: str = option("runs/ablate/fidelity", "Output folder.", flags=("-o",))
+    responses: str = option("generated", "Analysed responses: generated = the model's own (greedy by default, as Table 1); gold = the task's worked solution ending in its answer format, teacher-forced (tasks whose samples carry a `####` solution, e.g. gsm8k): the same text for every model.", choices=("generated", "gold"))
+    rules: tuple[str, ...] | None = option(None, "Comma list of credit rules (default: every registered rule with scores, ftcli.credit.RULES).")
+    ks: tuple[int, ...] = option((5, 10, 20), "(a) Percentages of the reasoning tokens blocked per rule (each rule's top k%, the flow's bottom k%); the small ones say which rule finds the few tokens that matter.")
+    token_sample: int = option(0, "(b) Reasoning tokens blocked one at a time per response: 0 = every one (one forward row each: cheap for the shipped policy); N = a seeded draw of N (bounds the cost of large models and long responses).", min=0)
+    variant_batch: int = option(32, "(b) Blocked variants per forward (rows of one batch; memory).", min=1)
+    train_split: str = option("train", "(c) Split the rollout prompts are drawn from (the training data).")
+    groups: int = option(8, "(c) Prompts per batch (a seeded draw without replacement).", min=1)
+    group_size: int = option(8, "(c) Responses per prompt, sampled at temperature 1 (GRPO's group; advantages are group-normalised).", min=2)
+    batches: int = option(3, "(c) Rollout batches; share and cosine are averaged over them (0 = skip part (c)).", min=0)
+    loss_agg: str = option("token-mean", "(c) Aggregation of the GRPO loss (ft train --loss-agg; the paper preset's is seq-mean-token-mean).", choices=AGG_MODES)
+
+
+FIDELITY_PROTOCOL = """\
+1. Rules: every registered credit rule with scores (or --rules), each scoring the SAME
+   responses through ftcli.credit.compute_credit, with the inputs the trainer gives it (W over
+   --layers from a no-grad pass, the policy's log-probs and entropies, the model itself).
+2. Responses: --responses generated: Table 1's step 1 (the task's prompt, one response at
+   --temperature, 0 = greedy; truncated responses and responses without an answer span are
+   skipped and counted). --responses gold: the sample's worked solution (calculator notes and
+   the `####` line removed) followed by "The answer is \\boxed{ANSWER}." and EOS, tokenised
+   after the task's prompt and teacher-forced. Problems where a rule falls back (no question
+   span) are skipped, so every rule is measured on the same problems. Reasoning tokens: the
+   response tokens before the first answer token (n). Scores are taken with advantage +1 (a
+   single response has no group): rules reading the advantage sign (clip-cov) score as on a
+   correct sample; the random rule is seeded by (seed, problem id).
+3. (a) For each rule and k in --ks: block the keys of the rule's top ceil(k% n) reasoning
+   tokens (ties to the earlier token, zero scores allowed, so every rule blocks the same
+   count) and regenerate the answer greedily as in Table 1 (step 4 of its protocol); also the
+   flow's bottom k% and no block (the control); all arms of a problem in one batch. Answer
+   change: the new extracted answer differs from the reference answer (generated: the
+   original response's; gold: the control's, the model's own answer after the unblocked gold
+   reasoning, since a model need not reproduce the gold answer). Rates with Wilson 95%
+   intervals; between every two rules at each k, the two-sided exact McNemar test on the
+   discordant problems (only the first changed / only the second), not corrected for the
+   number of pairs.
+4. (b) The causal effect of a reasoning token i: log L(answer) - log L(answer | i blocked), log L
+   the teacher-forced log-likelihood of the response's answer tokens with the whole response
+   as context, i's key hidden from every later position (the later reasoning and the answer);
+   positive: the answer needed i. Every reasoning token, or --token-sample N of them drawn per
+   problem (seeded). Lines: the reasoning tokens grouped by the newline-delimited line of the
+   response each starts on (a newline token ends its line); a line's effect blocks all its
+   tokens at once, its score is the MEAN of its tokens' scores (length-neutral: with the sum,
+   random scores correlated 0.59 with the lines' effects, the length alone). Spearman correlation of each
+   rule's scores with the effects per response (at least 3 tokens or lines), then the mean
+   with a t 95% interval over responses; and pooled over all (score, effect) pairs. Cost: one
+   forward row of the whole sequence per blocked token or line, --variant-batch rows a forward.
+   Measured on one CPU thread, with part (a): the shipped policy with every one of its ~64
+   reasoning tokens, 2.5 s a problem; SmolLM2-135M on gold GSM8K solutions with
+   --token-sample 16, 29 s a problem (every token, ~98 a solution, is 5 times the forward rows).
+5. (c) --batches batches of --groups prompts from --train-split (a seeded draw) x --group-size
+   responses at temperature 1 (top-p 1, no top-k, at most --max-new-tokens), rewards from the
+   task's grader, advantages group-normalised (ftcli.grpo.group_advantages). g: the gradient
+   over all parameters of the GRPO loss as one update step of ft train computes it
+   (ftcli.grpo.clipped_surrogate at pi_old = pi, aggregated by --loss-agg over the batch) with
+   weight 1 on every response token; g_S: the same loss with weight 1 on the rule's selected
+   tokens (compute_credit's selection with --ratio: the top ceil(ratio n) of each response by
+   score, never a zero score; none where the rule falls back) and 0 elsewhere, with the
+   rollouts' own advantages. Reported per rule: share = ||g_S|| / ||g|| and cos(g_S, g), per
+   batch and their mean over batches (a batch whose groups all have equal rewards has g = 0
+   and gives none; its backward passes are skipped). Cost: one forward and 1 + (rules) backward
+   passes a batch: the shipped policy at 8 x 8, about 30 s; SmolLM2 at 4 x 4 and 256 tokens,
+   about 7.5 min (one CPU thread)."""
 
 
 @dataclass

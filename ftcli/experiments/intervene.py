@@ -32,7 +32,7 @@ from ftcli.generation import generate, stop_token_ids
 from ftcli.io import append_jsonl, atomic_write_json, read_jsonl
 from ftcli.progress import stderr_console
 from ftcli.seeds import derive_seed
-from ftcli.sequences import Prompt, task_prompt
+from ftcli.sequences import Prompt, TracedSeq, task_prompt
 from ftcli.spans import span_to_token_mask
 
 # Reference numbers quoted from the paper (FlowTracer, Table 1), printed beside ours.
@@ -43,7 +43,7 @@ ARMS = ("top", "random", "bottom", "none")
 ARM_LABELS = {"top": "Top-{p}% flow", "random": "Random {p}%", "bottom": "Bottom-{p}% flow", "none": "No block (control)"}
 
 
-def _regenerate(model, tok, prefix: list[int], blocked: torch.Tensor, max_new: int) -> list[list[int]]:
+def regenerate(model, tok, prefix: list[int], blocked: torch.Tensor, max_new: int) -> list[list[int]]:
     """Greedy KV-cached continuations of one prefix, one row per blocked mask ([A, len])."""
     stops = stop_token_ids(model, tok)
     pad = tok.pad_token_id if tok.pad_token_id is not None else stops[0]
@@ -65,6 +65,46 @@ def _regenerate(model, tok, prefix: list[int], blocked: torch.Tensor, max_new: i
     return res
 
 
+def answer_tokens(task, ro) -> list[bool]:
+    """[len(response)] bool: the response tokens of a rollout inside the task's answer span."""
+    return span_to_token_mask(ro.response_offsets, task.answer_span(ro.response_text), len(ro.response_ids)).tolist()
+
+
+def original_responses(mdl, tok, task, samples: Sequence[dict], cfg: InterveneConfig) -> list[tuple[Prompt, object, TracedSeq]]:
+    """Step 1 of the protocol for a batch of samples: (the task's prompt, the original response
+    (--temperature, seeded, at most --max-new-tokens), the traced prompt + response with its
+    answer tokens marked) per sample."""
+    prompts = [task_prompt(tok, task, s) for s in samples]
+    ros = [g[0] for g in generate(mdl, tok, [p.text for p in prompts], n=1, max_new_tokens=cfg.max_new_tokens,
+                                  temperature=cfg.temperature, seed=cfg.seed, batch_size=cfg.batch_size)]
+    return [(p, ro, p.traced(ro.response_ids, answer_tokens(task, ro))) for p, ro in zip(prompts, ros, strict=True)]
+
+
+def done_and_todo(pfile, samples: Sequence[dict]) -> tuple[dict[str, dict], list[dict]]:
+    """The rows of a resumable problems.jsonl by problem id, and the samples not in it yet."""
+    done = {r["id"]: r for r in read_jsonl(pfile)}
+    return done, [s for s in samples if str(s["id"]) not in done]
+
+
+def unusable(finished: bool, answer, amask: Sequence[bool], fallback: bool, keep_truncated: bool) -> str | None:
+    """Why an original response cannot be used (protocol step 1), or None: `truncated` (did not
+    finish, unless `keep_truncated`), `no_answer` (no extracted answer or no answer token),
+    `no_question` (the flow fell back: no question span)."""
+    if not finished and not keep_truncated:
+        return "truncated"
+    if answer is None or not any(amask):
+        return "no_answer"
+    return "no_question" if fallback else None
+
+
+def regraded(tok, task, sample, reasoning_ids: Sequence[int], cont: list[int], answer0, correct0: bool) -> dict:
+    """A regenerated continuation graded against the reference answer `answer0` (and its
+    verdict `correct0`): {"continuation", "answer", "correct", "changed", "reversed"}."""
+    v = grade(task, decode(tok, list(reasoning_ids) + cont), sample)
+    return {"continuation": decode(tok, cont), "answer": v["extracted"], "correct": v["correct"],
+            "changed": not same_answer(answer0, v["extracted"]), "reversed": v["correct"] != correct0}
+
+
 def _intervene_problem(model, tok, task, sample, prompt: Prompt, ro, amask: list[bool], flow: dict,
                        cfg: InterveneConfig) -> dict:
     pid = str(sample["id"])
@@ -73,12 +113,9 @@ def _intervene_problem(model, tok, task, sample, prompt: Prompt, ro, amask: list
     answer0, correct0 = v0["extracted"], v0["correct"]
     rec["original"] = {"response": ro.response_text, "answer": answer0, "correct": correct0,
                        "tokens": len(ro.response_ids), "finished": ro.finished}
-    if not ro.finished and not cfg.keep_truncated:
-        return {**rec, "status": "truncated"}
-    if answer0 is None or not any(amask):
-        return {**rec, "status": "no_answer"}
-    if flow["fallback"]:
-        return {**rec, "status": "no_question"}
+    skip = unusable(ro.finished, answer0, amask, flow["fallback"], cfg.keep_truncated)
+    if skip:
+        return {**rec, "status": skip}
     a0 = amask.index(True)  # first answer token (response position)
     tau = flow["tau"][:a0]  # [n] reasoning tokens
     k = int(num_selected(a0, cfg.ratio))
@@ -96,22 +133,13 @@ def _intervene_problem(model, tok, task, sample, prompt: Prompt, ro, amask: list
         chosen[arm] = pos
         masks[j, [P + p for p in pos]] = True
     max_new = len(ro.response_ids) - a0 + cfg.slack
-    conts = _regenerate(model, tok, prefix, masks, max_new)
+    conts = regenerate(model, tok, prefix, masks, max_new)
     rec.update(n_reasoning=a0, k=k, n_positive=int((tau > 0).sum()),
                tau=[float(f"{x:.6g}") for x in tau.tolist()], arms={})
     for arm, cont in zip(ARMS, conts, strict=True):
-        text = decode(tok, list(ro.response_ids[:a0]) + cont)
-        v = grade(task, text, sample)
-        ans, ok = v["extracted"], v["correct"]
-        rec["arms"][arm] = {
-            "blocked": chosen[arm],
-            "blocked_text": [decode(tok, [ro.response_ids[p]]) for p in chosen[arm]],
-            "continuation": decode(tok, cont),
-            "answer": ans,
-            "correct": ok,
-            "changed": not same_answer(answer0, ans),
-            "reversed": ok != correct0,
-        }
+        rec["arms"][arm] = {"blocked": chosen[arm],
+                            "blocked_text": [decode(tok, [ro.response_ids[p]]) for p in chosen[arm]],
+                            **regraded(tok, task, sample, ro.response_ids[:a0], cont, answer0, correct0)}
     return rec
 
 
@@ -153,8 +181,7 @@ def intervene(cfg: InterveneConfig, *, console=None, progress: bool = True, mode
     out, settings, task_obj = open_experiment(cfg, task, ignore=("n", "batch_size"))
     samples = list(task_obj.load(cfg.split))[: cfg.n]
     pfile = out / "problems.jsonl"
-    done = {r["id"]: r for r in read_jsonl(pfile)}
-    todo = [s for s in samples if str(s["id"]) not in done]
+    done, todo = done_and_todo(pfile, samples)
     console = stderr_console(console)
     if todo:
         mdl, tok = load_pair(model if model is not None else cfg.model)
@@ -163,13 +190,7 @@ def intervene(cfg: InterveneConfig, *, console=None, progress: bool = True, mode
             bar = prog.add_task("intervene", total=len(samples), completed=len(samples) - len(todo))
             for c0 in range(0, len(todo), cfg.batch_size):
                 chunk = todo[c0 : c0 + cfg.batch_size]
-                prompts = [task_prompt(tok, task_obj, s) for s in chunk]
-                ros = [g[0] for g in generate(mdl, tok, [p.text for p in prompts], n=1,
-                                              max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                              seed=cfg.seed, batch_size=cfg.batch_size)]
-                frows = [p.traced(ro.response_ids, span_to_token_mask(
-                             ro.response_offsets, task_obj.answer_span(ro.response_text), len(ro.response_ids)).tolist())
-                         for p, ro in zip(prompts, ros, strict=True)]
+                prompts, ros, frows = zip(*original_responses(mdl, tok, task_obj, chunk, cfg), strict=True)
                 flows = trace_flows(mdl, frows, layers=cfg.layers, ratio=cfg.ratio, pad_id=pad,
                                     batch_size=cfg.batch_size)
                 for s, p, ro, fr, fl in zip(chunk, prompts, ros, frows, flows, strict=True):

@@ -5,6 +5,8 @@
 - `intervention_bars`: answer-change and correctness-reversal rates with 95% intervals (Table 1).
 - `ranked_tokens`: highest- and lowest-flow tokens as ranked horizontal bars (Fig. 3).
 - `overlap_heatmap`: pairwise top-set overlap between answer formats (Sec. 5.2).
+- `fidelity_panels`: answer change vs blocked fraction per rule, and a per-rule statistic as bars
+  (`ft ablate fidelity`).
 
 Every function writes one PNG (parents created) and returns its path.
 """
@@ -176,4 +178,46 @@ def overlap_heatmap(names: Sequence[str], matrix: Sequence[Sequence[float]], pat
     fig.colorbar(im, ax=ax, fraction=0.046)
     if title:
         ax.set_title(title)
+    return _save(fig, path)
+
+
+def fidelity_panels(curves: Mapping[str, Mapping[str, Sequence]], bars: Mapping[str, Sequence], groups: Sequence[str],
+                    path, ylabel: str = "Spearman with the causal effect", title: str | None = None) -> Path:
+    """Two panels. Left: answer-change rate (%) against the blocked fraction k (%), one line per
+    rule with Wilson 95% intervals (curves[label] = {"k": [...], "rate": [...], "ci": [[lo, hi], ...]},
+    rates in [0, 1]). Right: grouped bars of a per-rule statistic with 95% intervals
+    (bars[label] = one (mean, lo, hi) per group of `groups`; None values are left out)."""
+    fig = _figure(12.0, 4.2)
+    ax = fig.add_subplot(1, 2, 1)
+    for label, c in curves.items():
+        ys = [100 * (r or 0.0) for r in c["rate"]]
+        err = [[max(0.0, y - 100 * ci[0]) for y, ci in zip(ys, c["ci"], strict=True)],
+               [max(0.0, 100 * ci[1] - y) for y, ci in zip(ys, c["ci"], strict=True)]]
+        ax.errorbar(c["k"], ys, yerr=err, marker="o", ms=3, capsize=3, label=label, ls="--" if "bottom" in label else "-")
+    ax.set_xlabel("blocked reasoning tokens (%)")
+    ax.set_ylabel("answer change (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax = fig.add_subplot(1, 2, 2)
+    labels = list(bars)
+    width = 0.8 / max(1, len(groups))
+    for j, group in enumerate(groups):
+        xs, ys, lo, hi = [], [], [], []
+        for i, label in enumerate(labels):
+            m, a, b = bars[label][j]
+            if m is None:
+                continue
+            xs.append(i + (j - (len(groups) - 1) / 2) * width)
+            ys.append(m)
+            lo.append(max(0.0, m - a) if a is not None else 0.0)
+            hi.append(max(0.0, b - m) if b is not None else 0.0)
+        ax.bar(xs, ys, width=width, yerr=[lo, hi], capsize=3, label=group)
+    ax.axhline(0.0, color="gray", lw=0.8)
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, rotation=30, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
     return _save(fig, path)

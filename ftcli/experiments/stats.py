@@ -1,5 +1,6 @@
 """Statistics of the experiments: Wilson intervals, mean/std, Spearman, medians, answer equality,
-the arms' token selection, paired t intervals and the differences a design can detect."""
+the arms' token selection, t intervals (a mean, a paired difference), the exact McNemar test and
+the differences a design can detect."""
 
 from __future__ import annotations
 
@@ -137,19 +138,36 @@ def t_quantile(p: float, df: int) -> float:
     return (lo + hi) / 2
 
 
-def paired_difference(xs: Sequence[float], ys: Sequence[float], level: float = 0.95) -> dict:
-    """Paired difference of two arms run on the same seeds: d_i = x_i - y_i.
-
-    {"n", "mean", "std", "ci": [lo, hi]} with the t interval mean ± t_{(1+level)/2, n-1} std / sqrt(n);
-    ci is None for fewer than two pairs.
-    """
-    d = [float(x) - float(y) for x, y in zip(xs, ys, strict=True)]
+def mean_interval(xs: Sequence[float], level: float = 0.95) -> dict:
+    """Mean of n values with its t interval: {"n", "mean", "std", "ci": [lo, hi]}, the interval
+    mean ± t_{(1+level)/2, n-1} std / sqrt(n); ci is None for fewer than two values."""
+    d = [float(x) for x in xs]
     m, sd = mean_std(d)
     n = len(d)
     if n < 2 or sd is None:
         return {"n": n, "mean": m, "std": sd, "ci": None}
     half = t_quantile((1 + level) / 2, n - 1) * sd / math.sqrt(n)
     return {"n": n, "mean": m, "std": sd, "ci": [m - half, m + half]}
+
+
+def paired_difference(xs: Sequence[float], ys: Sequence[float], level: float = 0.95) -> dict:
+    """Paired difference of two arms run on the same seeds: d_i = x_i - y_i, as `mean_interval`
+    (ci None for fewer than two pairs)."""
+    return mean_interval([float(x) - float(y) for x, y in zip(xs, ys, strict=True)], level)
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar test of two paired binary outcomes: the p-value of the b + c
+    discordant pairs (b: only the first changed, c: only the second) under Binomial(b + c, 1/2),
+
+        p = min(1, 2 * sum_{i <= min(b, c)} C(b + c, i) / 2^(b + c)),
+
+    computed exactly in integers; 1.0 when there is no discordant pair."""
+    if b < 0 or c < 0:
+        raise ValueError(f"need b, c >= 0, got b={b}, c={c}")
+    n = b + c
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1))
+    return float(min(Fraction(1), Fraction(2 * tail, 2**n)))
 
 
 def minimal_detectable_difference(sd_diff: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float | None:

@@ -301,12 +301,14 @@ def _read_reference(path: str) -> dict:
 
 def reference_rows(cfg: SweepConfig, settings: dict, variants: Sequence[Variant],
                    seeds_of: dict[str, tuple[int, ...]]) -> tuple[dict[tuple[str, int], dict], dict]:
-    """(`{(variant key, seed): results row}`, the file's benchmark metadata) for the reference rows (`is_reference`) whose seeds
-    an earlier sweep's results.json (`cfg.reference`) already holds: the same training and
+    """(`{(variant key, seed): results row}`, the file's benchmark metadata) for the rows whose
+    seeds an earlier sweep's results.json (`cfg.reference`) already holds: the same training and
     evaluation settings (the folder with the data aside) and the same credit options make them
     the same runs, so a table can pair its new rows with them without training them again
-    (on another machine, from the committed results/). Each row keeps its `run_dir` as it was
-    and says where it came from (`reference`)."""
+    (on another machine, from the committed results/). That is GRPO and FlowTracer from another
+    table, or any row of a committed partial results.json of the same sweep (a long sweep goes
+    on where it stopped on another machine). Each row keeps its `run_dir` as it was and says
+    where it came from (`reference`)."""
     doc = _read_reference(cfg.reference)
     theirs = doc["settings"]
 
@@ -315,10 +317,11 @@ def reference_rows(cfg: SweepConfig, settings: dict, variants: Sequence[Variant]
     if diff:
         raise ValueError(f"--reference {cfg.reference} was made with other settings ({', '.join(diff)})")
     out = {}
+    renamed = set() if "credit_rules" in doc else set(RENAMED_RULES)  # a file from before the renames
     for v in variants:
-        if not is_reference(v, cfg):
-            continue
         mine = _credit_identity(cfg, v.train)
+        if dict(mine)["credit"] in renamed:  # its row of that name ran another rule
+            continue
         match = next((rv for rv in doc["variants"]
                       if _credit_identity(cfg, rv.get("train_options") or {}) == mine), None)
         for r in (match or {}).get("seeds", []):

@@ -43,7 +43,7 @@ FORMATS = ("value", "line", "explain", "letter")
 FORMAT_LABELS = {"value": "bare value", "line": "full line", "explain": "with explanation", "letter": "letter choice"}
 
 
-def _clean_solution(sol: str) -> str:
+def clean_solution(sol: str) -> str:
     """A worked solution without its final `#### answer` line and calculator `<<...>>` notes."""
     body = sol.rsplit("####", 1)[0]
     body = re.sub(r"<<[^>]*>>", "", body)
@@ -60,7 +60,7 @@ def _reasonings(mdl, tok, task, samples: list[dict], cfg: TextConfig) -> list[tu
             sol = s.get("solution")
             if not sol:
                 raise ValueError(f"task {cfg.task!r} has no worked solutions; use --source model")
-            body = _clean_solution(str(sol))
+            body = clean_solution(str(sol))
             if body:
                 ans = str(s["answer"])
                 out.append((s, body, ans, f"{body}\nThe answer is \\boxed{{{ans}}}."))

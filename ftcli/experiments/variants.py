@@ -83,6 +83,25 @@ def credit_variants(rules: Sequence[str]) -> list[Variant]:
             for r in rules]
 
 
+def set_variants(sets: Sequence[str], ratio: float, rest: float) -> list[Variant]:
+    """Issue 28: train on one set of response tokens alone (weight 1 on the set, `rest` on the
+    other response tokens, 0 = none of their gradient). RULE-top / RULE-bottom: the rule's
+    highest / lowest `ratio` of each response's tokens; a bare RULE is RULE-top (`random`: a
+    uniformly drawn `ratio`). Does the set carry the learning signal of GRPO?"""
+    out = []
+    for spec in sets:
+        rule, sel = spec, "top"
+        for s in ("top", "bottom"):
+            if spec.endswith(f"-{s}"):
+                rule, sel = spec[: -len(s) - 1], s
+        name = RULE_LABELS.get(rule, rule)
+        label = f"{name} {round(100 * ratio)}% only" if rule == "random" else f"{name} {sel}-{round(100 * ratio)}% only"
+        out.append(Variant(f"only-{rule}-{sel}-{_fmt_num(ratio)}", label,
+                           {"credit": rule, "ratio": ratio, "select": sel, "gamma": 1.0, "rest_weight": rest},
+                           {"credit": rule, "select": sel, "ratio": ratio}))
+    return out
+
+
 def token_class_variants() -> list[Variant]:
     """Sec. 5.2: flow credit on all tokens vs restricted to one token class (`--credit-tokens`)."""
     return credit_variants(["flow"]) + [

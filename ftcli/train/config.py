@@ -88,6 +88,7 @@ class TrainConfig:
                         gt=0, why="a weight <= 0 flips or removes the credited tokens' advantage")
     weighting: str = _opt("binary", "Scores -> weights: binary (paper) or a continuous map (Table 7).", "Credit", choices=WEIGHTINGS)
     mass: float = _opt(0.4, "Mass threshold of --weighting mass (0.2-0.8).", "Credit", gt=0, max=1)
+    rest_weight: float = _opt(1.0, "Weight of the response tokens outside the credited set: 1 in the paper; 0 trains on the set only (issue 28's train-only runs: does the set carry the learning signal?). Sequences the rule cannot score, and --nonneg-only's negative ones, keep uniform weights 1.", "Credit", min=0)
     nonneg_only: bool = _opt(False, "Credit only sequences with advantage >= 0.", "Credit")
     layers: str = _opt("mid", LAYERS_HELP, "Credit")
     credit_pass: str = _opt("fused", "fused: capture W in the update forward; separate: extra no-grad pass.", "Credit", choices=CREDIT_PASSES)
@@ -95,7 +96,7 @@ class TrainConfig:
     credit_tokens: str = _opt("all", "Tokens that may be credited: all, or one class (Sec. 5.2; structural: no letter or digit, semantic: the rest).", "Credit", choices=CREDIT_TOKENS)
     # engine
     zero_stage: int = _opt(0, "DeepSpeed ZeRO stage 0-3.", "Engine", min=0, max=3)
-    bf16: bool | None = _opt(None, "bf16 training (default: on with a GPU, off on CPU).", "Engine")
+    bf16: bool | None = _opt(None, "bf16 training: DeepSpeed's bf16 (bf16 weights and activations, fp32 master weights in the optimizer). Default: on with a GPU, off on CPU, where fp32 keeps the committed results exact; on a CPU with bf16 matrix units (AVX512-BF16, AMX) it makes a step of the main job about 1.7x faster (bench/bench_vs_trl.py).", "Engine")
     deepspeed_config: str | None = _opt(None, "JSON file merged over the generated DeepSpeed config.", "Engine")
     attn_implementation: str = _opt("sdpa", "Attention kernel of the policy (sdpa, eager, flash_attention_2).", "Engine")
     gradient_checkpointing: bool = _opt(False, "Recompute each decoder layer's activations in the backward (transformers, non-reentrant): activation memory from ~L x (all of a layer's tensors) to L x (one hidden state) + one layer, for about 1/3 more update compute. W capture stays exact.", "Engine")
@@ -165,7 +166,7 @@ class TrainConfig:
             raise ValueError(f"--fai-window must be LO:HI, got {self.fai_window!r}") from None
         return dict(
             ratio=self.ratio, select=self.select, gamma=self.gamma, weighting=self.weighting,
-            mass=self.mass, nonneg_only=self.nonneg_only, fai_window=window,
+            mass=self.mass, rest_weight=self.rest_weight, nonneg_only=self.nonneg_only, fai_window=window,
         )
 
     @property

@@ -94,7 +94,10 @@ class ChunkedLogprobs(torch.autograd.Function):
             if need_h:
                 gh[sl] = dz.to(h.dtype) @ weight  # [c, H]
             if need_w:
-                gw.addmm_(dz.t().to(acc), hc.to(acc))  # [V, H], in place: no [V, H] temporary
+                if acc == weight.dtype:
+                    gw.addmm_(dz.t().to(acc), hc.to(acc))  # [V, H], in place: no [V, H] temporary
+                else:  # bf16/fp16 weights: the chunk's product at the weights' (fast) precision, summed in fp32
+                    gw += dz.t().to(weight.dtype) @ hc  # [V, H]
             if need_b:
                 gb += dz.sum(0).to(acc)
             del dz

@@ -132,8 +132,6 @@ class Trainer:
         self._barrier()
         use_cuda = torch.cuda.is_available()
         self.use_bf16 = use_cuda if cfg.bf16 is None else bool(cfg.bf16)
-        if self.use_bf16 and not use_cuda:
-            raise ValueError("--bf16 is for GPUs; CPU training runs in fp32")
         self.ds_config = build_ds_config(cfg, self.world, self.seqs_per_mini, self.use_bf16)
         self.gas = self.ds_config["gradient_accumulation_steps"]
         # loaded in the training dtype (bf16 weights when training in bf16: DeepSpeed keeps the

@@ -1,0 +1,186 @@
+"""`ft ablate fidelity`: the exact McNemar test by hand, a token's causal effect equal to the
+log-likelihood difference computed directly under `block_keys`, the gradient share of the
+whole response (1, cosine 1) and of nothing (0), and the command end to end on a tiny random
+model with the toy task of the other ablation tests (results, CSVs, figure, resume)."""
+
+import json
+from fractions import Fraction
+
+import pytest
+import torch
+from test_experiments_ablate import ToyTask, _ok
+from typer.testing import CliRunner
+
+from ftcli.cli import app
+from ftcli.experiments import fidelity as fd
+from ftcli.experiments.blocking import block_keys, blocked_mask
+from ftcli.experiments.stats import mcnemar_exact, mean_interval
+from ftcli.fetch.models import tiny_causal_lm
+from ftcli.sequences import TracedSeq
+
+runner = CliRunner()
+
+
+def test_mcnemar_exact_hand_values():
+    # p = 2 * sum_{i <= min(b, c)} C(b + c, i) / 2^(b + c), capped at 1
+    assert mcnemar_exact(0, 6) == 2 / 64  # 2 * 1/64
+    assert mcnemar_exact(1, 5) == 2 * (1 + 6) / 64  # 0.21875
+    assert mcnemar_exact(5, 1) == mcnemar_exact(1, 5)  # symmetric
+    assert mcnemar_exact(2, 10) == float(Fraction(2 * (1 + 12 + 66), 4096))  # 0.0386
+    assert mcnemar_exact(3, 3) == 1.0 and mcnemar_exact(0, 1) == 1.0 and mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(0, 20) == pytest.approx(2 / 2**20)
+    with pytest.raises(ValueError):
+        mcnemar_exact(-1, 2)
+    m = mean_interval([1.0, 2.0, 3.0])  # mean 2, sd 1, t_{0.975, 2} = 4.303
+    assert m["mean"] == 2.0 and m["ci"] == pytest.approx([2 - 4.302653 / 3**0.5, 2 + 4.302653 / 3**0.5], abs=1e-5)
+    assert mean_interval([0.5])["ci"] is None
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_causal_lm(vocab_size=101, seed=0)
+
+
+def _direct_loglik(model, ids, answer, blocked=None):
+    """sum over answer positions t of log p(ids[t] | ids[:t]) from the full logits."""
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        if blocked is None:
+            logits = model(input_ids=x).logits
+        else:
+            with block_keys(model, blocked):
+                logits = model(input_ids=x).logits
+    lp = torch.log_softmax(logits[0].double(), dim=-1)  # [T, V]
+    return sum(float(lp[t - 1, ids[t]]) for t, a in enumerate(answer) if a)
+
+
+def test_single_token_effect_is_the_loglik_difference(model):
+    ids = torch.randint(5, 95, (24,), generator=torch.Generator().manual_seed(3)).tolist()
+    answer = [False] * 20 + [True, True, True, False]  # the answer: positions 20-22, then one more token
+    groups = [[4], [11], [19], [7, 8, 9]]
+    base, eff = fd.block_effects(model, ids, answer, groups, batch_size=2)  # 5 rows over 3 forwards
+    assert base == pytest.approx(_direct_loglik(model, ids, answer), abs=1e-4)
+    for g, e in zip(groups, eff, strict=True):
+        direct = base - _direct_loglik(model, ids, answer, blocked_mask(g, len(ids)))
+        assert e == pytest.approx(direct, abs=1e-4)
+    assert all(abs(e) > 1e-6 for e in eff)  # every earlier token reaches the answer
+    # a token after the answer cannot change it
+    _, (after,) = fd.block_effects(model, ids, answer, [[23]])
+    assert after == pytest.approx(0.0, abs=1e-6)
+
+
+def test_line_groups_and_token_sample():
+    text = "ab\ncd\n\nef"
+    offs = [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 7), (7, 8), (8, 9)]  # "\n\n" is one token
+    assert fd.line_groups(text, offs, 8) == [[0, 1, 2], [3, 4, 5], [6, 7]]
+    assert fd.line_groups("x\nyz", [(0, 1), (1, 3), (3, 4)], 3) == [[0], [1, 2]]  # "\ny": a new line
+    assert fd.sampled_positions(5, 0, 1) == [0, 1, 2, 3, 4] and fd.sampled_positions(5, 9, 1) == [0, 1, 2, 3, 4]
+    s = fd.sampled_positions(50, 8, 7)
+    assert s == fd.sampled_positions(50, 8, 7) and len(set(s)) == 8 and s == sorted(s)
+
+
+def test_gradient_share_of_all_and_of_none(model):
+    g = torch.Generator().manual_seed(5)
+    seqs = []
+    for i, (n_prompt, n_resp, adv) in enumerate([(6, 9, 1.0), (5, 12, -0.5), (7, 4, 0.8)]):
+        ids = torch.randint(5, 95, (n_prompt + n_resp,), generator=g).tolist()
+        seqs.append(TracedSeq(ids=ids, n_prompt=n_prompt, question=[True] * n_prompt, answer=[False] * n_resp,
+                              advantage=adv, seed=i))
+    first = {}
+
+    def weigh(batch, logp, ent):
+        resp = batch["response_mask"]
+        firsts = resp & (resp.float().cumsum(-1) <= 2)  # the first two response tokens
+        first["n"] = int(firsts.sum())
+        return {"all": resp.float(), "none": torch.zeros_like(resp, dtype=torch.float32),
+                "first": firsts.float(), "rest": (resp & ~firsts).float()}
+
+    for agg in ("token-mean", "seq-mean-token-mean"):
+        gr = fd.grpo_gradients(model, seqs, weigh, loss_agg=agg, batch_size=2)
+        grpo = gr["grpo"]
+        assert grpo.numel() == sum(p.numel() for p in model.parameters()) and float(grpo.norm()) > 0
+        whole = fd.share_cosine(gr["all"], grpo)
+        assert whole["share"] == pytest.approx(1.0, abs=1e-6) and whole["cos"] == pytest.approx(1.0, abs=1e-6)
+        assert fd.share_cosine(gr["none"], grpo) == {"share": 0.0, "cos": None}
+        torch.testing.assert_close(gr["first"] + gr["rest"], grpo, atol=1e-6, rtol=1e-4)  # linear in the weights
+        part = fd.share_cosine(gr["first"], grpo)
+        assert 0 < part["share"] and -1 <= part["cos"] <= 1
+    assert first["n"] > 0
+    assert all(p.grad is None for p in model.parameters())  # gradients returned, never accumulated
+
+
+def test_cli_fidelity_end_to_end_and_resume(tmp_path, monkeypatch):
+    from ftcli.tasks import register_task
+
+    register_task("abl-toy", ToyTask)
+    out = tmp_path / "fid"
+    args = ["ablate", "fidelity", "--model", "tiny-qwen3", "--task", "abl-toy", "--n", "3", "--ks", "10,50",
+            "--max-new-tokens", "10", "--batch-size", "2", "--keep-truncated", "--token-sample", "4",
+            "--batches", "1", "--groups", "2", "--group-size", "2", "--out", str(out), "-q"]
+    text = _ok(runner.invoke(app, args))
+    assert "(a) answer change" in text and "(b) Spearman" in text and "(c) GRPO gradient" in text
+    res = json.loads((out / "results.json").read_text())
+    rules = res["rules"]
+    assert set(rules) == {"random", "entropy", "correlation", "attention", "flow", "gradient", "clip-cov", "fai"}
+    assert res["used"] == 3 and len(res["per_problem"]) == 3
+    assert set(res["arms"]) == {f"{r}@{k}" for r in [*rules, "flow-bottom"] for k in (10, 50)} | {"none"}
+    assert res["arms"]["none"]["changed"]["k"] == 0  # the unblocked regeneration reproduces the answer
+    assert len(res["mcnemar"]) == 2 * len(rules) * (len(rules) - 1) // 2
+    assert all(0 <= t["p"] <= 1 for t in res["mcnemar"])
+    rows = [json.loads(x) for x in (out / "problems.jsonl").read_text().splitlines()]
+    for r in rows:
+        n = r["n_reasoning"]
+        for rule in rules:
+            assert len(r["scores"][rule]) == n
+            top = r["arms"][f"{rule}@50"]["blocked"]
+            assert len(top) == -(-n // 2)  # ceil(50% n)
+            assert min(r["scores"][rule][p] for p in top) >= max(
+                (r["scores"][rule][p] for p in range(n) if p not in top), default=-1e9)
+        e = r["effects"]
+        assert len(e["positions"]) == len(e["token"]) == min(4, n) and len(e["line"]) == len(e["lines"])
+    (g,) = res["gradient_batches"]
+    assert g["sequences"] == 4 and set(g["rules"]) == set(rules)
+    assert set(res["gradient"]) == set(rules) and set(res["effects"]) == set(rules)
+    for f in ("arms.csv", "mcnemar.csv", "effects.csv", "gradient.csv"):
+        assert len((out / f).read_text().splitlines()) > 1
+    assert (out / "fidelity.png").stat().st_size > 0
+    md = fd.fidelity_markdown(res)  # what scripts/results_md.py prints
+    assert md.count("**(") == 3 and "| flow (bottom k%) |" in md and "| No block (control) |" in md
+    # resumable: a rerun generates nothing and scores nothing again
+    monkeypatch.setattr(fd, "analysed_responses", lambda *a, **k: pytest.fail("redid a finished problem"))
+    monkeypatch.setattr(fd, "_gradient_batch", lambda *a, **k: pytest.fail("redid a finished batch"))
+    again = json.loads(json.dumps(res))
+    _ok(runner.invoke(app, args))
+    assert json.loads((out / "results.json").read_text())["arms"] == again["arms"]
+    bad = runner.invoke(app, [*args[:-3], "--ks", "5", "--out", str(out), "-q"])
+    assert bad.exit_code == 1 and "other settings (ks)" in bad.output
+
+
+def test_cli_fidelity_gold_responses(tmp_path):
+    from ftcli.tasks import register_task
+
+    register_task("abl-toy", ToyTask)
+    out = tmp_path / "gold"
+    args = ["ablate", "fidelity", "--model", "tiny-qwen3", "--task", "abl-toy", "--n", "2", "--responses", "gold",
+            "--rules", "random,flow", "--ks", "20", "--batches", "0", "--out", str(out), "-q"]
+    _ok(runner.invoke(app, args))
+    res = json.loads((out / "results.json").read_text())
+    assert res["used"] == 2 and res["rules"] == ["random", "flow"] and res["gradient_batches"] == []
+    row = json.loads((out / "problems.jsonl").read_text().splitlines()[0])
+    assert row["original"]["response"].startswith("We add 0 and 1.\n0 + 1 = 1\nThe answer is \\boxed{1}.")
+    assert "<<" not in row["original"]["response"] and "####" not in row["original"]["response"]
+    assert res["arms"]["none"]["changed"]["k"] == 0  # gold: the reference is the control's answer
+    assert len(row["effects"]["lines"]) == 3 and len(row["effects"]["positions"]) == row["n_reasoning"]
+
+
+def test_fidelity_script_runs_both_models(tmp_path):
+    from test_scripts import _calls, _opt
+
+    default, smol = _calls(tmp_path, "fidelity.sh")
+    assert default[:2] == smol[:2] == ["ablate", "fidelity"]
+    assert (_opt(default, "--model"), _opt(default, "--task"), _opt(default, "--n")) == ("default-policy", "countdown", "300")
+    assert _opt(default, "--token-sample") is None and _opt(default, "--batches") == "3"
+    assert (_opt(smol, "--model"), _opt(smol, "--task"), _opt(smol, "--responses")) == ("smollm2-135m", "gsm8k", "gold")
+    assert _opt(smol, "--n") == "50" and _opt(smol, "--token-sample") == "16"
+    _, smol = _calls(tmp_path, "fidelity.sh", N_SMOLLM2="60", TOKEN_SAMPLE="0")
+    assert _opt(smol, "--n") == "60" and _opt(smol, "--token-sample") == "0"
