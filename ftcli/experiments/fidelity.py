@@ -507,8 +507,7 @@ def fidelity(cfg: FidelityConfig, *, console=None, progress: bool = True, model=
     problems.jsonl and finished gradient batches in gradient.jsonl, and skipped. Writes
     results.json, arms.csv, mcnemar.csv, effects.csv, gradient.csv and fidelity.png."""
     # the settings as settings.json reads back (comma lists as lists), so that a rerun compares equal
-    as_json = replace(cfg, ks=list(cfg.ks), rules=list(cfg.rules) if cfg.rules else None)
-    out, settings, task_obj = open_experiment(as_json, task, ignore=("n", "batches", "batch_size", "variant_batch"))
+    out, settings, task_obj = open_experiment(cfg, task, ignore=("n", "batches", "batch_size", "variant_batch"))
     rules = measured_rules(cfg.rules)
     samples = list(task_obj.load(cfg.split))[: cfg.n]
     pfile, gfile = out / "problems.jsonl", out / "gradient.jsonl"
