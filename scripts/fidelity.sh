@@ -9,10 +9,12 @@
 #   default: the shipped policy, N_DEFAULT (300) Countdown test problems, its own greedy responses,
 #            every reasoning token blocked alone, BATCHES (3) batches of 8 x 8 training rollouts
 #   smollm2: SmolLM2-135M-Instruct, N_SMOLLM2 (50) GSM8K test problems' gold solutions, TOKEN_SAMPLE
-#            (16) tokens a response blocked alone; BATCHES_SMOLLM2 (0): it solves almost no GSM8K
-#            problem, so its rollout groups carry no advantage and (c) has nothing to measure
+#            (16) tokens a response blocked alone; BATCHES_SMOLLM2 (3) batches of GROUPS_SMOLLM2 (4)
+#            training prompts x GROUP_SIZE_SMOLLM2 (4) responses, the last the gold solution
+#            (--gold-in-group): it solves almost no GSM8K problem, so groups of its own samples
+#            alone carry no advantage and give GRPO no gradient to measure
 #   env: OUT (runs/ablate: fidelity-default-policy, fidelity-smollm2 under it), EXTRA (more options)
-# CPU (1 thread): default 14 min, smollm2 24 min (measured). Rerunning resumes.
+# CPU (1 thread): default 14 min, smollm2 24 min + about 30 min for (c) (measured). Rerunning resumes.
 set -euo pipefail
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 WHICH="${1:-all}"
@@ -25,6 +27,7 @@ fi
 if [[ "$WHICH" == smollm2 || "$WHICH" == all ]]; then
     # shellcheck disable=SC2086
     ft ablate fidelity --model smollm2-135m --task gsm8k --responses gold --n "${N_SMOLLM2:-50}" \
-        --token-sample "${TOKEN_SAMPLE:-16}" --batches "${BATCHES_SMOLLM2:-0}" --groups "${GROUPS_SMOLLM2:-4}" \
+        --token-sample "${TOKEN_SAMPLE:-16}" --batches "${BATCHES_SMOLLM2:-3}" --groups "${GROUPS_SMOLLM2:-4}" \
+        --group-size "${GROUP_SIZE_SMOLLM2:-4}" --gold-in-group \
         --out "$OUT/fidelity-smollm2" ${EXTRA:-}
 fi

@@ -171,6 +171,25 @@ def test_cli_fidelity_gold_responses(tmp_path):
     assert "<<" not in row["original"]["response"] and "####" not in row["original"]["response"]
     assert res["arms"]["none"]["changed"]["k"] == 0  # gold: the reference is the control's answer
     assert len(row["effects"]["lines"]) == 3 and len(row["effects"]["positions"]) == row["n_reasoning"]
+    # (c) with the gold solution in each group, the only response that earns reward
+    class GoldToy(ToyTask):
+        name = "abl-toy-gold"
+
+        def grade(self, r, s):
+            return {**super().grade(r, s), "reward": float("boxed" in r)}
+
+    register_task("abl-toy-gold", GoldToy)
+    g_args = [*[("abl-toy-gold" if a == "abl-toy" else a) for a in args[:-5]], "--batches", "1", "--groups", "2", "--group-size", "2", "--gold-in-group",
+              "--max-new-tokens", "6", "--out", str(tmp_path / "gold-c"), "-q"]
+    text = _ok(runner.invoke(app, g_args))
+    assert "2 x (1 sampled + the gold solution)" in " ".join(text.split())
+    (g,) = json.loads((tmp_path / "gold-c" / "results.json").read_text())["gradient_batches"]
+    assert g["sequences"] == 4 and g["sampled_reward_mean"] == 0.0 and g["reward_mean"] == 0.5
+    assert g["signal_groups"] == 2 and g["grad_norm"] > 0 and g["rules"]["flow"]["share"] > 0
+    import matplotlib.image
+
+    width = {d: matplotlib.image.imread(tmp_path / d / "fidelity.png").shape[1] for d in ("gold", "gold-c")}
+    assert width["gold-c"] == pytest.approx(1.5 * width["gold"], rel=0.02)  # a third panel: (c)
 
 
 def test_fidelity_script_runs_both_models(tmp_path):
@@ -182,5 +201,37 @@ def test_fidelity_script_runs_both_models(tmp_path):
     assert _opt(default, "--token-sample") is None and _opt(default, "--batches") == "3"
     assert (_opt(smol, "--model"), _opt(smol, "--task"), _opt(smol, "--responses")) == ("smollm2-135m", "gsm8k", "gold")
     assert _opt(smol, "--n") == "50" and _opt(smol, "--token-sample") == "16"
+    assert (_opt(smol, "--batches"), _opt(smol, "--group-size")) == ("3", "4") and "--gold-in-group" in smol
+    assert "--gold-in-group" not in default
     _, smol = _calls(tmp_path, "fidelity.sh", N_SMOLLM2="60", TOKEN_SAMPLE="0")
     assert _opt(smol, "--n") == "60" and _opt(smol, "--token-sample") == "0"
+
+
+def test_gold_in_group_rollouts():
+    """--gold-in-group: each group is group_size - 1 samples and the gold solution last, graded
+    like them, advantages normalised over the whole group; the CLI's (c) table names it."""
+    from test_experiments_ablate import ToyTask
+
+    from ftcli.experiments.common import load_pair
+    from ftcli.experiments.config import FidelityConfig
+    from ftcli.generation import stop_token_ids
+
+    mdl, tok = load_pair("tiny-qwen3")
+    task = ToyTask()
+    samples = task.load("train")[:2]
+    cfg = FidelityConfig(model="tiny-qwen3", task="abl-toy", group_size=3, max_new_tokens=6, gold_in_group=True)
+    seqs, rewards = fd.rollout_batch(mdl, tok, task, samples, cfg, 0)
+    assert len(seqs) == len(rewards) == 6
+    eos = stop_token_ids(mdl, tok)[0]
+    for g, s in enumerate(samples):
+        gold = seqs[3 * g + 2]
+        text = fd.gold_text(s)
+        assert gold.ids[gold.n_prompt :] == list(tok(text, add_special_tokens=False)["input_ids"]) + [eos]
+        assert rewards[3 * g + 2] == task.grade(text, s)["reward"]
+        adv = torch.tensor([x.advantage for x in seqs[3 * g : 3 * g + 3]])
+        assert adv.sum().abs() < 1e-5  # group-normalised over the samples and the gold together
+    plain = fd.rollout_batch(mdl, tok, task, samples, FidelityConfig(model="tiny-qwen3", task="abl-toy", group_size=3,
+                                                                     max_new_tokens=6), 0)[0]
+    assert [x.ids for x in plain[:2]] == [x.ids for x in seqs[:2]]  # the same seeded samples before the gold
+    with pytest.raises(ValueError, match="no worked solutions"):
+        fd.rollout_batch(mdl, tok, task, [{**samples[0], "solution": "no marker"}], cfg, 0)

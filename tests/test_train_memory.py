@@ -11,7 +11,7 @@ import torch
 from ftcli.fetch.models import load_model
 from ftcli.generation import generate, prompt_keys
 from ftcli.grpo import token_entropy, token_logprobs
-from ftcli.sequences import collate, micro_batches, padded_slots
+from ftcli.sequences import TracedSeq, collate, micro_batches, padded_slots
 from ftcli.train.config import resolve_config
 from ftcli.train.logprobs import ChunkedLogprobs, policy_logprobs
 from ftcli.train.memprobe import measure_growth
@@ -272,3 +272,22 @@ def test_auto_gen_batch_size_fits_the_kv_cache_in_free_memory(monkeypatch):
     rows = auto_gen_batch_size(cfg, 1280, "cuda:0", torch.bfloat16)
     per_row = 1280 * 36 * 2 * 1024 * 2 + 151936 * 8  # K and V of every layer, bf16, + a step's logits
     assert rows == int(0.85 * 40 * 2**30 // per_row) and 150 < rows < 250
+
+
+@pytest.mark.parametrize("micro,group", [(16, 6), (16, 8), (4, 8), (5, 2), (3, 2)])
+def test_dry_run_slots_bound_the_packed_micro_batches(micro, group):
+    """micro_slots: the largest packed (and prompt-shared) micro-batch of worst-case lengths,
+    counted by the packer itself; (16, 6) reaches the bound (a row spans 4 prompts)."""
+    from ftcli.packing import packed_micro_batches, packed_slots
+    from ftcli.train.memory import micro_slots
+
+    p_len, new = 7, 11
+    seqs = [TracedSeq(ids=[10 + q] * p_len + [3] * new, n_prompt=p_len, question=[True] * p_len, answer=[False] * new)
+            for q in range(6) for _ in range(group)]
+    for pack, share in ((True, True), (True, False), (False, False)):
+        cfg = resolve_config("cpu", group_size=group, max_new_tokens=new, pack=pack, share_prompt=share)
+        most = max(packed_slots(m, share) for m in packed_micro_batches(seqs, micro, None, share))
+        bound = micro_slots(cfg, micro, p_len)
+        assert most <= bound and (bound == micro * (p_len + new)) == (not share)
+        if (micro, group) == (16, 6) or not share:
+            assert most == bound

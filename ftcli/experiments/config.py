@@ -72,6 +72,7 @@ class FidelityConfig(InterveneConfig):
     groups: int = option(8, "(c) Prompts per batch (a seeded draw without replacement).", min=1)
     group_size: int = option(8, "(c) Responses per prompt, sampled at temperature 1 (GRPO's group; advantages are group-normalised).", min=2)
     batches: int = option(3, "(c) Rollout batches; share and cosine are averaged over them (0 = skip part (c)).", min=0)
+    gold_in_group: bool = option(False, "(c) Put each prompt's gold solution (as --responses gold writes it) in its group in place of one sampled response: a model that earns no reward on the task (SmolLM2 on GSM8K) still has a GRPO gradient, the gold's positive advantage against its own wrong samples (off-policy guidance, as LUFFY, Yan et al. 2025, mixes in expert solutions).")
     loss_agg: str = option("token-mean", "(c) Aggregation of the GRPO loss (ft train --loss-agg; the paper preset's is seq-mean-token-mean).", choices=AGG_MODES)
 
 
@@ -120,11 +121,13 @@ FIDELITY_PROTOCOL = """\
    weight 1 on every response token; g_S: the same loss with weight 1 on the rule's selected
    tokens (compute_credit's selection with --ratio: the top ceil(ratio n) of each response by
    score, never a zero score; none where the rule falls back) and 0 elsewhere, with the
-   rollouts' own advantages. Reported per rule: share = ||g_S|| / ||g|| and cos(g_S, g), per
+   rollouts' own advantages (--gold-in-group: each group is --group-size - 1 sampled
+   responses and the sample's gold solution, graded like them, at pi_old = pi as well, so its
+   ratio is 1). Reported per rule: share = ||g_S|| / ||g|| and cos(g_S, g), per
    batch and their mean over batches (a batch whose groups all have equal rewards has g = 0
    and gives none; its backward passes are skipped). Cost: one forward and 1 + (rules) backward
    passes a batch: the shipped policy at 8 x 8, about 30 s; SmolLM2 at 4 x 4 and 256 tokens,
-   about 7.5 min (one CPU thread)."""
+   about 7.5 min (one CPU thread; 10 min with the gold in each group, beside two other jobs)."""
 
 
 @dataclass

@@ -52,12 +52,11 @@ from ftcli.experiments.stats import (
     spearman,
 )
 from ftcli.experiments.text import clean_solution
-from ftcli.generation import generate, stop_token_ids, token_offsets
+from ftcli.generation import Rollout, generate, stop_token_ids
 from ftcli.io import append_jsonl, atomic_write_json, read_jsonl
 from ftcli.progress import stderr_console
 from ftcli.seeds import derive_seed
 from ftcli.sequences import Prompt, TracedSeq, collate, micro_batches, task_prompt
-from ftcli.spans import span_to_token_mask
 from ftcli.train.logprobs import policy_logprobs
 
 CONTROL = "none"  # the unblocked arm
@@ -104,24 +103,28 @@ def gold_text(sample: dict) -> str | None:
     return f"{body}\nThe answer is \\boxed{{{sample['answer']}}}." if body else None
 
 
+def gold_rollout(tok, task, sample: dict, prompt: Prompt, eos: int) -> Rollout:
+    """The sample's gold solution (`gold_text`) as a finished response to `prompt`: its ids
+    tokenised alone, EOS appended, text and offsets decoded back (`Rollout.from_ids`)."""
+    text = gold_text(sample)
+    if text is None:
+        raise ValueError(f"task {task.name!r} has no worked solutions (a `####` solution per sample); "
+                         "use --responses generated, without --gold-in-group")
+    ids = list(tok(text, add_special_tokens=False)["input_ids"]) + [eos]
+    return Rollout.from_ids(tok, prompt.text, prompt.ids, ids, [eos])
+
+
 def analysed_responses(mdl, tok, task, samples: Sequence[dict], cfg: FidelityConfig) -> list[Response]:
     """Step 1 of the protocol: the original responses (--responses generated, Table 1's) or the
     gold solutions (--responses gold, EOS appended), with their answer tokens."""
     if cfg.responses == "generated":
-        return [Response(s, p, list(ro.response_ids), ro.response_text, list(ro.response_offsets), answer_tokens(task, ro),
-                         ro.finished) for s, (p, ro, _) in zip(samples, original_responses(mdl, tok, task, samples, cfg), strict=True)]
-    eos = stop_token_ids(mdl, tok)[0]
-    out = []
-    for s in samples:
-        text = gold_text(s)
-        if text is None:
-            raise ValueError(f"task {cfg.task!r} has no worked solutions (a `####` solution per sample); use --responses generated")
-        ids = list(tok(text, add_special_tokens=False)["input_ids"]) + [eos]
-        text = decode(tok, ids)
-        offs = token_offsets(tok, ids, text)
-        out.append(Response(s, task_prompt(tok, task, s), ids, text, offs,
-                            span_to_token_mask(offs, task.answer_span(text), len(ids)).tolist()))
-    return out
+        pairs = [(p, ro) for p, ro, _ in original_responses(mdl, tok, task, samples, cfg)]
+    else:
+        eos = stop_token_ids(mdl, tok)[0]
+        prompts = [task_prompt(tok, task, s) for s in samples]
+        pairs = [(p, gold_rollout(tok, task, s, p, eos)) for s, p in zip(samples, prompts, strict=True)]
+    return [Response(s, p, list(ro.response_ids), ro.response_text, list(ro.response_offsets), answer_tokens(task, ro),
+                     ro.finished) for s, (p, ro) in zip(samples, pairs, strict=True)]
 
 
 def credit_inputs(model, batch: dict, needs: set[str], layers: str, temperature: float = 1.0,
@@ -345,12 +348,17 @@ def _fidelity_problem(mdl, tok, task, resp: Response, scores: dict[str, torch.Te
 # (c) gradient share of each rule's selected set
 # ---------------------------------------------------------------------------------------------
 def rollout_batch(mdl, tok, task, samples: Sequence[dict], cfg: FidelityConfig, b: int) -> tuple[list[TracedSeq], list[float]]:
-    """GRPO rollouts of batch `b`: --group-size responses per sample at temperature 1, graded
-    once each (`grade`), advantages group-normalised (`grpo.group_advantages`). Returns the
-    traced sequences (advantage and credit seed set) and the rewards."""
+    """GRPO rollouts of batch `b`: --group-size responses per sample at temperature 1 (with
+    --gold-in-group, one fewer and the sample's gold solution last), graded once each
+    (`grade`), advantages group-normalised (`grpo.group_advantages`). Returns the traced
+    sequences (advantage and credit seed set) and the rewards."""
     prompts = [task_prompt(tok, task, s) for s in samples]
-    groups = generate(mdl, tok, [p.text for p in prompts], n=cfg.group_size, max_new_tokens=cfg.max_new_tokens,
+    sampled = cfg.group_size - int(cfg.gold_in_group)
+    groups = generate(mdl, tok, [p.text for p in prompts], n=sampled, max_new_tokens=cfg.max_new_tokens,
                       temperature=1.0, seed=derive_seed(cfg.seed, "gen", b), batch_size=cfg.batch_size)
+    if cfg.gold_in_group:
+        eos = stop_token_ids(mdl, tok)[0]
+        groups = [[*g, gold_rollout(tok, task, s, p, eos)] for s, p, g in zip(samples, prompts, groups, strict=True)]
     rewards = [float(grade(task, ro.response_text, s)["reward"]) for s, g in zip(samples, groups, strict=True) for ro in g]
     adv = grpo.group_advantages(torch.tensor(rewards), cfg.group_size).tolist()
     seqs = [p.traced(ro.response_ids, answer_tokens(task, ro)) for p, g in zip(prompts, groups, strict=True) for ro in g]
@@ -389,6 +397,10 @@ def grpo_gradients(model, seqs: Sequence[TracedSeq], weigh: Weigh, *, loss_agg: 
     return acc
 
 
+def _mean(xs: Sequence[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
 def share_cosine(g_s: torch.Tensor, g: torch.Tensor) -> dict:
     """{"share": ||g_s|| / ||g||, "cos": cos(g_s, g)} (None where a norm is 0), in float64."""
     a, b = g_s.double(), g.double()
@@ -402,6 +414,7 @@ def _gradient_batch(mdl, tok, task, samples, rules: Sequence[str], cfg: Fidelity
     G, n_tok = cfg.group_size, sum(s.n_response for s in seqs)
     row = {"batch": b, "prompts": [str(s["id"]) for s in samples], "reward_mean": sum(rewards) / len(rewards),
            "signal_groups": sum(len(set(rewards[i : i + G])) > 1 for i in range(0, len(rewards), G)),
+           "sampled_reward_mean": _mean([r for k, r in enumerate(rewards) if not (cfg.gold_in_group and k % G == G - 1)]),
            "sequences": len(seqs), "tokens": n_tok}
     if not row["signal_groups"]:  # every advantage is 0: g = g_S = 0, nothing to measure
         none = {"share": None, "cos": None, "selected": None, "fallback": None}
@@ -594,8 +607,10 @@ def _figure(out, res: dict) -> None:
         c["ci"].append(a["changed"]["ci"])
     bars = {rule: [(e[u]["per_response"]["mean"], *_ci(e[u]["per_response"])) for u in ("token", "line")]
             for rule, e in res["effects"].items()}
+    points = {rule: (g["share"]["mean"], g["cos"]["mean"]) for rule, g in res["gradient"].items()
+              if g["share"]["mean"] is not None and g["cos"]["mean"] is not None}
     s = res["settings"]
-    fidelity_panels(curves, bars, ("tokens", "lines"), out / "fidelity.png",
+    fidelity_panels(curves, bars, ("tokens", "lines"), out / "fidelity.png", points=points or None,
                     title=f"{s['model']} on {s['task']} ({s['responses']} responses, {res['used']} problems)")
 
 
@@ -658,9 +673,13 @@ def table_cells(res: dict) -> list[tuple[str, list[str], list[list[str]]]]:
          b_head, b_rows),
     ]
     if res["gradient_batches"]:  # --batches 0: part (c) not run
+        gb = res["gradient_batches"]
+        group = (f"{s['groups']} x ({s['group_size'] - 1} sampled + the gold solution)" if s.get("gold_in_group")
+                 else f"{s['groups']} x {s['group_size']}")
+        sampled = [x["sampled_reward_mean"] for x in gb if x.get("sampled_reward_mean") is not None]
+        reward = f", sampled reward {sum(sampled) / len(sampled):.3f}" if sampled else ""
         tables.append((f"(c) GRPO gradient carried by each rule's selected {round(100 * s['ratio'])}% · "
-                       f"{len(res['gradient_batches'])} batches of {s['groups']} x {s['group_size']} on {s['task']} "
-                       f"{s['train_split']}", c_head, c_rows))
+                       f"{len(gb)} batches of {group} on {s['task']} {s['train_split']}{reward}", c_head, c_rows))
     return tables
 
 

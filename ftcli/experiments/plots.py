@@ -182,13 +182,16 @@ def overlap_heatmap(names: Sequence[str], matrix: Sequence[Sequence[float]], pat
 
 
 def fidelity_panels(curves: Mapping[str, Mapping[str, Sequence]], bars: Mapping[str, Sequence], groups: Sequence[str],
-                    path, ylabel: str = "Spearman with the causal effect", title: str | None = None) -> Path:
-    """Two panels. Left: answer-change rate (%) against the blocked fraction k (%), one line per
-    rule with Wilson 95% intervals (curves[label] = {"k": [...], "rate": [...], "ci": [[lo, hi], ...]},
-    rates in [0, 1]). Right: grouped bars of a per-rule statistic with 95% intervals
-    (bars[label] = one (mean, lo, hi) per group of `groups`; None values are left out)."""
-    fig = _figure(12.0, 4.2)
-    ax = fig.add_subplot(1, 2, 1)
+                    path, ylabel: str = "Spearman with the causal effect", title: str | None = None,
+                    points: Mapping[str, tuple[float, float]] | None = None) -> Path:
+    """Two or three panels. Left: answer-change rate (%) against the blocked fraction k (%), one
+    line per rule with Wilson 95% intervals (curves[label] = {"k": [...], "rate": [...], "ci":
+    [[lo, hi], ...]}, rates in [0, 1]). Middle: grouped bars of a per-rule statistic with 95%
+    intervals (bars[label] = one (mean, lo, hi) per group of `groups`; None values are left out).
+    Right, when `points` is given: each rule's (gradient share, cosine) as a labelled point."""
+    cols = 3 if points else 2
+    fig = _figure(6.0 * cols, 4.2)
+    ax = fig.add_subplot(1, cols, 1)
     for label, c in curves.items():
         ys = [100 * (r or 0.0) for r in c["rate"]]
         err = [[max(0.0, y - 100 * ci[0]) for y, ci in zip(ys, c["ci"], strict=True)],
@@ -198,7 +201,7 @@ def fidelity_panels(curves: Mapping[str, Mapping[str, Sequence]], bars: Mapping[
     ax.set_ylabel("answer change (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    ax = fig.add_subplot(1, 2, 2)
+    ax = fig.add_subplot(1, cols, 2)
     labels = list(bars)
     width = 0.8 / max(1, len(groups))
     for j, group in enumerate(groups):
@@ -218,6 +221,16 @@ def fidelity_panels(curves: Mapping[str, Mapping[str, Sequence]], bars: Mapping[
     ax.set_ylabel(ylabel)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
+    if points:
+        ax = fig.add_subplot(1, cols, 3)
+        for label, (share, cos) in points.items():
+            ax.scatter([share], [cos], s=18)
+            ax.annotate(label, (share, cos), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_xlim(0.0, 1.05)
+        ax.set_ylim(min(0.0, *(c for _, c in points.values())) - 0.05, 1.05)
+        ax.set_xlabel("share of GRPO's gradient norm")
+        ax.set_ylabel("cosine with GRPO's gradient")
+        ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
     return _save(fig, path)

@@ -196,15 +196,28 @@ class Plan:
         return out
 
 
+def micro_slots(cfg, micro: int, prompt_tokens: int) -> int:
+    """Token slots of the largest micro-batch of `micro` sequences, every response at
+    --max-new-tokens: micro x (prompt + response) padded or packed (a packed row holds the
+    same real tokens, without padding); packed with --share-prompt, one copy per distinct
+    prompt, and `micro` consecutive sequences grouped by prompt in groups of G span at most
+    ceil((micro - 1) / G) + 1 prompts (`ftcli.packing.packed_micro_batches`)."""
+    if not (cfg.pack and cfg.share_prompt):
+        return micro * (prompt_tokens + cfg.max_new_tokens)
+    prompts = min(micro, -(-(micro - 1) // cfg.group_size) + 1)
+    return prompts * prompt_tokens + micro * cfg.max_new_tokens
+
+
 def plan_memory(cfg, shape: ModelShape, world: int, gpu_gb: float, prompt_tokens: int, bf16: bool = True) -> Plan:
     """The memory plan of TrainConfig `cfg` for `shape` on `world` GPUs of `gpu_gb` GiB, with
-    prompts of `prompt_tokens` and every response at --max-new-tokens (the worst case)."""
+    prompts of `prompt_tokens` and every response at --max-new-tokens (the worst case), in the
+    run's layout (`micro_slots`)."""
     w = 2 if bf16 else 4
     seq = prompt_tokens + cfg.max_new_tokens
     micro = cfg.micro_batch_per_rank(world)
     if cfg.micro_tokens:
         micro = max(1, min(micro, cfg.micro_tokens // seq))
-    tokens = micro * seq
+    tokens = micro_slots(cfg, micro, prompt_tokens)
     seqs_per_rank = cfg.prompts * cfg.group_size // max(world, 1) // cfg.mini_batches
     rows = state_bytes(shape, w, cfg.zero_stage, world)
     rows["activations"] = activation_bytes(shape, tokens, w, cfg.gradient_checkpointing)
