@@ -4,6 +4,7 @@ whole response (1, cosine 1) and of nothing (0), and the command end to end on a
 model with the toy task of the other ablation tests (results, CSVs, figure, resume)."""
 
 import json
+import subprocess
 from fractions import Fraction
 
 import pytest
@@ -205,6 +206,11 @@ def test_fidelity_script_runs_both_models(tmp_path):
     assert "--gold-in-group" not in default
     _, smol = _calls(tmp_path, "fidelity.sh", N_SMOLLM2="60", TOKEN_SAMPLE="0")
     assert _opt(smol, "--n") == "60" and _opt(smol, "--token-sample") == "0"
+    (qwen,) = _calls(tmp_path, "fidelity.sh", argv=["qwen-coder"])  # not part of "all": an optional model
+    assert (_opt(qwen, "--model"), _opt(qwen, "--responses"), _opt(qwen, "--n")) == ("qwen2.5-coder-0.5b", "gold", "50")
+    assert "--gold-in-group" in qwen and _opt(qwen, "--out").endswith("fidelity-qwen-coder")
+    with pytest.raises(subprocess.CalledProcessError):
+        _calls(tmp_path, "fidelity.sh", argv=["smollm"])
 
 
 def test_gold_in_group_rollouts():

@@ -12,8 +12,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _calls(tmp_path, script="table3.sh", **env) -> list[list[str]]:
-    """The argument lists of every `ft` call the script makes (a stub `ft` records them)."""
+def _calls(tmp_path, script="table3.sh", argv=(), **env) -> list[list[str]]:
+    """The argument lists of every `ft` call the script makes when run with `argv` (a stub `ft`
+    records them)."""
     stub = tmp_path / "bin" / "ft"
     stub.parent.mkdir(exist_ok=True)
     log = tmp_path / "argv.txt"
@@ -22,7 +23,7 @@ def _calls(tmp_path, script="table3.sh", **env) -> list[list[str]]:
     stub.chmod(stub.stat().st_mode | stat.S_IEXEC)
     keep = {k: v for k, v in os.environ.items()
             if k not in ("PRESET", "PROMPTS", "GROUP", "STEPS", "RULES", "GAMMAS", "MASSES", "RANGES", "PARTS", "WEIGHTINGS")}
-    subprocess.run(["bash", str(REPO / "scripts" / script)], check=True, cwd=tmp_path,
+    subprocess.run(["bash", str(REPO / "scripts" / script), *argv], check=True, cwd=tmp_path,
                    env={**keep, **env, "PATH": f"{stub.parent}{os.pathsep}{keep['PATH']}"})
     calls, cur = [], []
     for line in log.read_text().splitlines():
