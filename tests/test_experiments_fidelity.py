@@ -241,3 +241,32 @@ def test_gold_in_group_rollouts():
     assert [x.ids for x in plain[:2]] == [x.ids for x in seqs[:2]]  # the same seeded samples before the gold
     with pytest.raises(ValueError, match="no worked solutions"):
         fd.rollout_batch(mdl, tok, task, [{**samples[0], "solution": "no marker"}], cfg, 0)
+
+
+def test_streamed_gradient_shares_equal_the_one_pass(model, monkeypatch):
+    """When the gradients do not fit in memory, part (c) computes one weighting at a time: the
+    same norm, shares and cosines, and `weigh` still runs once per micro-batch."""
+    g = torch.Generator().manual_seed(9)
+    seqs = [TracedSeq(ids=torch.randint(5, 95, (6 + n,), generator=g).tolist(), n_prompt=6, question=[True] * 6,
+                      answer=[False] * n, advantage=a, seed=i) for i, (n, a) in enumerate([(9, 1.0), (5, -1.0), (7, 0.5)])]
+    calls = []
+
+    def weigh(batch, logp, ent):
+        calls.append(batch["input_ids"].shape)
+        resp = batch["response_mask"]
+        first = resp & (resp.float().cumsum(-1) <= 3)
+        return {"first": first.float(), "rest": (resp & ~first).float()}
+
+    kw = dict(batch_size=2)
+    monkeypatch.setattr(fd, "streamed", lambda n, k: False)
+    norm, one = fd.gradient_shares(model, seqs, weigh, ["first", "rest"], **kw)
+    assert len(calls) == 2  # two micro-batches
+    monkeypatch.setattr(fd, "streamed", lambda n, k: True)
+    calls.clear()
+    norm_s, two = fd.gradient_shares(model, seqs, weigh, ["first", "rest"], **kw)
+    assert len(calls) == 2 and norm_s == pytest.approx(norm, rel=1e-5) and norm > 0
+    for r in ("first", "rest"):
+        assert two[r]["share"] == pytest.approx(one[r]["share"], rel=1e-4) and 0 < one[r]["share"] < 1
+        assert two[r]["cos"] == pytest.approx(one[r]["cos"], abs=1e-4)
+    monkeypatch.undo()
+    assert not fd.streamed(10**6, 9) and fd.streamed(10**13, 9)  # 36 MB fit, 360 TB do not

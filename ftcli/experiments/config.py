@@ -125,8 +125,10 @@ FIDELITY_PROTOCOL = """\
    responses and the sample's gold solution, graded like them, at pi_old = pi as well, so its
    ratio is 1). Reported per rule: share = ||g_S|| / ||g|| and cos(g_S, g), per
    batch and their mean over batches (a batch whose groups all have equal rewards has g = 0
-   and gives none; its backward passes are skipped). Cost: one forward and 1 + (rules) backward
-   passes a batch: the shipped policy at 8 x 8, about 30 s; SmolLM2 at 4 x 4 and 256 tokens,
+   and gives none; its backward passes are skipped). The gradients are held as fp32 copies,
+   one per weighting; when they do not fit in half the free memory, one weighting at a time
+   is computed against GRPO's (the same numbers, 1 + (rules) times the forwards). Cost: one
+   forward and 1 + (rules) backward passes a batch: the shipped policy at 8 x 8, about 30 s; SmolLM2 at 4 x 4 and 256 tokens,
    about 7.5 min (one CPU thread; 10 min with the gold in each group, beside two other jobs)."""
 
 

@@ -14,7 +14,7 @@ credit rule's scores find, measured three ways on the same responses.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -372,12 +372,13 @@ Weigh = Callable[[dict, torch.Tensor, "torch.Tensor | None"], "dict[str, torch.T
 
 def grpo_gradients(model, seqs: Sequence[TracedSeq], weigh: Weigh, *, loss_agg: str = "token-mean",
                    temperature: float = 1.0, batch_size: int = 8, pad_id: int = 0, need_entropy: bool = False,
-                   norm_len: int | None = None) -> dict[str, torch.Tensor]:
+                   norm_len: int | None = None, only: Collection[str] | None = None) -> dict[str, torch.Tensor]:
     """Flattened gradients (fp32, over every parameter that requires grad) of the GRPO loss of
     `seqs` as one update step of ft train computes it (`grpo.clipped_surrogate` at pi_old = pi,
     `grpo.aggregate_loss` with the batch's `agg_normaliser`): `grpo` with weight 1 on every
     token, and one per entry of `weigh(batch, logp, entropy) -> {name: weights [B, T]}` of
-    each micro-batch (logp detached). One forward per micro-batch, one backward per weighting."""
+    each micro-batch (logp detached); with `only`, just those names. One forward per
+    micro-batch, one backward per weighting."""
     params = [p for p in model.parameters() if p.requires_grad]
     norm = grpo.agg_normaliser(loss_agg, sum(s.n_response for s in seqs), len(seqs), norm_len)
     device = next(model.parameters()).device
@@ -387,6 +388,8 @@ def grpo_gradients(model, seqs: Sequence[TracedSeq], weigh: Weigh, *, loss_agg: 
         logp, ent = policy_logprobs(model, batch, temperature, LOGPROB_CHUNK, need_entropy, True)
         weights = {GRPO: None, **weigh(batch, logp.detach(), ent)}
         for name, w in weights.items():
+            if only is not None and name not in only:
+                continue
             loss_mat, _ = grpo.clipped_surrogate(logp, logp.detach(), batch["advantages"], w)
             share = grpo.aggregate_loss(loss_mat, batch["response_mask"], loss_agg, norm)
             grads = torch.autograd.grad(share, params, retain_graph=True, allow_unused=True)
@@ -395,6 +398,45 @@ def grpo_gradients(model, seqs: Sequence[TracedSeq], weigh: Weigh, *, loss_agg: 
             acc[name] = flat if name not in acc else acc[name].add_(flat)
         del logp, ent
     return acc
+
+
+# Part (c) keeps every weighting's flattened gradient when they fit in this fraction of the free
+# memory (one forward per micro-batch); otherwise one weighting at a time against GRPO's (two
+# buffers, one forward per micro-batch and weighting): Qwen2.5-Coder-0.5B's 9 fp32 copies are
+# 18 GB, which a 24 GB machine does not hold beside the model.
+GRAD_MEMORY_FRACTION = 0.5
+
+
+def streamed(n_params: int, n_weightings: int) -> bool:
+    """Whether `n_weightings` fp32 gradients of `n_params` do not fit GRAD_MEMORY_FRACTION of
+    the memory available now (then `gradient_shares` computes one weighting at a time)."""
+    import psutil
+
+    return 4 * n_params * n_weightings > GRAD_MEMORY_FRACTION * psutil.virtual_memory().available
+
+
+def gradient_shares(model, seqs: Sequence[TracedSeq], weigh: Weigh, names: Sequence[str], **kw) -> tuple[float, dict]:
+    """||g|| of GRPO's gradient and `share_cosine` of each named weighting's gradient with it
+    (`grpo_gradients` with `kw`). All weightings in one pass when their gradients fit in
+    memory (`streamed`); else GRPO's first and then one weighting at a time, `weigh` called
+    once per micro-batch all the same (its weights are kept by the micro-batch's ids and
+    credit seeds)."""
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if not streamed(n_params, len(names) + 1):
+        grads = grpo_gradients(model, seqs, weigh, **kw)
+        g = grads.pop(GRPO)
+        return float(g.double().norm()), {r: share_cosine(grads[r], g) for r in names}
+    kept: dict[bytes, dict] = {}
+
+    def weigh_once(batch, logp, ent):
+        key = batch["input_ids"].cpu().numpy().tobytes() + repr(batch.get("seeds")).encode()
+        if key not in kept:
+            kept[key] = weigh(batch, logp, ent)
+        return kept[key]
+
+    g = grpo_gradients(model, seqs, weigh_once, only=(GRPO,), **kw)[GRPO]
+    out = {r: share_cosine(grpo_gradients(model, seqs, weigh_once, only=(r,), **kw)[r], g) for r in names}
+    return float(g.double().norm()), out
 
 
 def _mean(xs: Sequence[float]) -> float | None:
@@ -433,11 +475,10 @@ def _gradient_batch(mdl, tok, task, samples, rules: Sequence[str], cfg: Fidelity
             out[r] = sel.float()
         return out
 
-    grads = grpo_gradients(mdl, seqs, weigh, loss_agg=cfg.loss_agg, batch_size=cfg.batch_size, pad_id=pad,
-                           need_entropy="entropy" in needs, norm_len=cfg.max_new_tokens)
-    g = grads.pop(GRPO)
-    return {**row, "grad_norm": float(g.double().norm()),
-            "rules": {r: {**share_cosine(grads[r], g), "selected": counts[r]["selected"] / max(n_tok, 1),
+    g_norm, shares = gradient_shares(mdl, seqs, weigh, rules, loss_agg=cfg.loss_agg, batch_size=cfg.batch_size,
+                                     pad_id=pad, need_entropy="entropy" in needs, norm_len=cfg.max_new_tokens)
+    return {**row, "grad_norm": g_norm,
+            "rules": {r: {**shares[r], "selected": counts[r]["selected"] / max(n_tok, 1),
                           "fallback": counts[r]["fallback"] / len(seqs)} for r in rules}}
 
 
