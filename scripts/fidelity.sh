@@ -14,11 +14,13 @@
 #            (--gold-in-group): it solves almost no GSM8K problem, so groups of its own samples
 #            alone carry no advantage and give GRPO no gradient to measure
 #   qwen-coder: Qwen2.5-Coder-0.5B-Instruct (optional model, fetched on first use; README, Models)
-#            with smollm2's settings: N_QWEN (50), TOKEN_SAMPLE, BATCHES_QWEN (3), GROUPS_SMOLLM2,
-#            GROUP_SIZE_SMOLLM2, the gold in each group
+#            with smollm2's settings: N_QWEN (50), TOKEN_SAMPLE, GROUPS_SMOLLM2, GROUP_SIZE_SMOLLM2,
+#            the gold in each group; BATCHES_QWEN (0): its 9 gradient copies do not fit 24 GB, so
+#            (c) runs one weighting at a time, 18 forward-backward passes of 8 sequences a batch
+#            (not measured; roughly 25 min a batch on one core by its size)
 #   env: OUT (runs/ablate: fidelity-default-policy, fidelity-smollm2 under it), EXTRA (more options)
 # CPU (1 thread): default 14 min, smollm2 24 min + about 30 min for (c), qwen-coder about 1 h 10 min
-# (measured). Rerunning resumes.
+# for (a) and (b) (measured). Rerunning resumes.
 set -euo pipefail
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 WHICH="${1:-all}"
@@ -42,7 +44,7 @@ fi
 if [[ "$WHICH" == qwen-coder ]]; then
     # shellcheck disable=SC2086
     ft ablate fidelity --model qwen2.5-coder-0.5b --task gsm8k --responses gold --n "${N_QWEN:-50}" \
-        --token-sample "${TOKEN_SAMPLE:-16}" --batches "${BATCHES_QWEN:-3}" --groups "${GROUPS_SMOLLM2:-4}" \
+        --token-sample "${TOKEN_SAMPLE:-16}" --batches "${BATCHES_QWEN:-0}" --groups "${GROUPS_SMOLLM2:-4}" \
         --group-size "${GROUP_SIZE_SMOLLM2:-4}" --gold-in-group \
         --out "$OUT/fidelity-qwen-coder" ${EXTRA:-}
 fi

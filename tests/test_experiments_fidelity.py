@@ -209,6 +209,7 @@ def test_fidelity_script_runs_both_models(tmp_path):
     (qwen,) = _calls(tmp_path, "fidelity.sh", argv=["qwen-coder"])  # not part of "all": an optional model
     assert (_opt(qwen, "--model"), _opt(qwen, "--responses"), _opt(qwen, "--n")) == ("qwen2.5-coder-0.5b", "gold", "50")
     assert "--gold-in-group" in qwen and _opt(qwen, "--out").endswith("fidelity-qwen-coder")
+    assert _opt(qwen, "--batches") == "0"  # (c) of a 0.5B model: opt in with BATCHES_QWEN
     with pytest.raises(subprocess.CalledProcessError):
         _calls(tmp_path, "fidelity.sh", argv=["smollm"])
 
